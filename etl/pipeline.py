@@ -1,0 +1,219 @@
+"""The stages of a medlink run, as plain functions.
+
+Each stage reads and writes files in the run's restricted directory and
+returns a small JSON-serialisable summary: counts, paths, checksums, never
+rows. `flows/` wraps each one as a Prefect task; `run_all` chains them
+without Prefect (tests, `medlink run --no-prefect`).
+
+    ingest (per source) ─ raw gate ─ link ─ linked gate ─ assemble ─ protect
+    ─ release gate ─ report ─ publish
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import secrets
+import time
+from pathlib import Path
+from typing import Callable
+
+from etl.config import Config
+from etl.errors import MedlinkError
+
+
+def new_run_id() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+def run_dir(cfg: Config, run_id: str) -> Path:
+    return cfg.restricted_dir / "runs" / run_id
+
+
+def staging_dir(cfg: Config, run_id: str) -> Path:
+    return cfg.releases_dir / f".staging-{run_id}"
+
+
+def _timed(summary: dict, t0: float) -> dict:
+    summary.setdefault("seconds", round(time.perf_counter() - t0, 3))
+    return summary
+
+
+# --------------------------------------------------------------------------- stages
+
+def ingest_source(cfg: Config, source: str, run_id: str) -> dict:
+    from etl.ingest import ingest
+    rd = run_dir(cfg, run_id)
+    share = float(cfg.quality.get("max_quarantine_share", 0.5))
+    return ingest(cfg.sources[source], rd / "ingest" / f"{source}.parquet",
+                  rd / "quarantine" / f"{source}.parquet", max_quarantine_share=share)
+
+
+def raw_gate(cfg: Config, source: str, run_id: str, ingest_summary: dict) -> dict:
+    """Great Expectations contract gate on one ingested extract."""
+    from etl.quality import run_gate
+    t0 = time.perf_counter()
+    rd = run_dir(cfg, run_id)
+    suite = f"raw_{cfg.sources[source].contract.name}"
+    res = run_gate([suite], Path(ingest_summary["path"]), docs_dir=rd / "data_docs",
+                   params={"rows_in": ingest_summary["rows_in"],
+                           "rows_quarantined": ingest_summary["rows_quarantined"],
+                           "max_quarantine_share": float(cfg.quality.get("max_quarantine_share", 0.5))},
+                   data_asset_name=source)
+    res.raise_for_failure()
+    return _timed({"gate": suite, **res.to_dict()}, t0)
+
+
+def link(cfg: Config, run_id: str, ingest_summaries: list[dict], truth: Path | None = None,
+         progress: Callable[[str], None] | None = None) -> dict:
+    from etl.linkage import link as _link, load_spec
+    t0 = time.perf_counter()
+    spec = load_spec(cfg.linkage, cfg.path.parent)
+    inputs = {s["source"]: Path(s["path"]) for s in ingest_summaries}
+    out = run_dir(cfg, run_id) / "linkage"
+    out.mkdir(parents=True, exist_ok=True)
+    summary = _link(inputs, spec, out, truth=truth, progress=progress)
+    summary.setdefault("clusters_path", str(out / "clusters.parquet"))
+    summary.setdefault("pairs_path", str(out / "pairs.parquet"))
+    return _timed(summary, t0)
+
+
+def linked_gate(cfg: Config, run_id: str, ingest_summaries: list[dict], link_summary: dict) -> dict:
+    from etl.quality import run_gate
+    from etl.quality.linked import linked_frame
+    t0 = time.perf_counter()
+    frame = linked_frame([Path(s["path"]) for s in ingest_summaries], Path(link_summary["clusters_path"]))
+    res = run_gate(["linked"], frame, docs_dir=run_dir(cfg, run_id) / "data_docs",
+                   params=cfg.quality.get("link_rate_bounds") or {}, data_asset_name="linked")
+    res.raise_for_failure()
+    return _timed({"gate": "linked", **res.to_dict()}, t0)
+
+
+def assemble(cfg: Config, run_id: str, ingest_summaries: list[dict], link_summary: dict) -> dict:
+    from etl.assemble import assemble as _assemble
+    t0 = time.perf_counter()
+    out = run_dir(cfg, run_id) / "assembled"
+    return _timed(_assemble({s["source"]: Path(s["path"]) for s in ingest_summaries},
+                            Path(link_summary["clusters_path"]), Path(link_summary["pairs_path"]), out), t0)
+
+
+def protect(cfg: Config, run_id: str, assemble_summary: dict, ingest_summaries: list[dict]) -> dict:
+    from etl.governance import load_key, load_rules, protect as _protect
+    from etl.publish import current_release
+    t0 = time.perf_counter()
+    rules = load_rules(cfg.governance["rules"])
+    key = load_key(env_var=cfg.governance.get("key_env", "MEDLINK_KEY"),
+                   key_file=cfg.governance.get("key_file"), demo=bool(cfg.governance.get("demo")))
+    stage = staging_dir(cfg, run_id)
+    stage.mkdir(parents=True, exist_ok=True)
+    vocab = input_vocab([Path(s["path"]) for s in ingest_summaries])
+    summary = _protect(Path(assemble_summary["doctors_path"]), Path(assemble_summary["events_path"]),
+                       rules, key, stage, cfg.restricted_dir, release_id=run_id,
+                       previous_release_dir=current_release(cfg.releases_dir), input_vocab=vocab,
+                       input_checksums={s["file"]: s["sha256"] for s in ingest_summaries})
+    summary["staging_dir"] = str(stage)
+    return _timed(summary, t0)
+
+
+def input_vocab(ingest_paths: list[Path]) -> dict:
+    """Names and identifiers of the delivery, for the leak scanner. Stays in
+    memory inside the restricted zone; never returned from a task."""
+    import polars as pl
+    vocab: dict[str, set] = {"names": set(), "identifiers": set(), "dates_of_birth": set(),
+                             "postcodes": set(), "emails": set()}
+    for p in ingest_paths:
+        df = pl.read_parquet(p)
+        for c in ("forenames", "surname", "preferred_name", "other_names"):
+            if c in df.columns:
+                vocab["names"].update(df[c].drop_nulls().str.split(" ").explode().unique().to_list())
+        for c in ("ucas_personal_id", "gmc_number", "record_id"):
+            if c in df.columns:
+                vocab["identifiers"].update(df[c].drop_nulls().unique().to_list())
+        if "date_of_birth" in df.columns:
+            vocab["dates_of_birth"].update(df["date_of_birth"].drop_nulls().unique().to_list())
+        if "postcode" in df.columns:
+            vocab["postcodes"].update(df["postcode"].drop_nulls().unique().to_list())
+        if "email" in df.columns:
+            vocab["emails"].update(df["email"].drop_nulls().unique().to_list())
+    vocab["names"].discard("")
+    return vocab
+
+
+def release_gate(cfg: Config, run_id: str, protect_summary: dict) -> dict:
+    from etl.governance import load_rules
+    from etl.quality import run_gate
+    from etl.quality.release import release_params
+    t0 = time.perf_counter()
+    stage = Path(protect_summary["staging_dir"])
+    rules = load_rules(cfg.governance["rules"])
+    res = run_gate(["release"], stage / "doctors.parquet", docs_dir=stage / "data_docs",
+                   params=release_params(rules, stage), data_asset_name="release_doctors")
+    summary = {"gate": "release", **res.to_dict()}
+    (stage / "gate_results.json").write_text(json.dumps(summary, indent=2, default=str))
+    res.raise_for_failure()
+    return _timed(summary, t0)
+
+
+def publish(cfg: Config, run_id: str, summaries: dict) -> dict:
+    from etl.publish import publish as _publish
+    t0 = time.perf_counter()
+    return _timed(_publish(staging_dir(cfg, run_id), cfg, run_id, summaries), t0)
+
+
+def report(cfg: Config, run_id: str) -> dict:
+    """Stratification report, written into the staging directory so the
+    manifest covers it (`medlink report RELEASE` rewrites it elsewhere)."""
+    from etl.report import write_report
+    t0 = time.perf_counter()
+    return _timed(write_report(staging_dir(cfg, run_id)), t0)
+
+
+def discard_staging(cfg: Config, run_id: str) -> None:
+    """After a failed gate: keep the staging directory's reports beside the
+    releases (renamed failed-<run_id>) so engineers can read them; it is never
+    a release."""
+    stage = staging_dir(cfg, run_id)
+    if stage.exists():
+        failed = cfg.releases_dir / f".failed-{run_id}"
+        stage.rename(failed)
+
+
+# --------------------------------------------------------------------------- whole run
+
+STAGES = ("ingest", "raw_gate", "link", "linked_gate", "assemble", "protect",
+          "release_gate", "report", "publish")
+
+
+def run_all(cfg: Config, *, run_id: str | None = None, truth: Path | None = None,
+            progress: Callable[[str], None] = lambda m: None) -> dict:
+    """Run every stage in order without Prefect. Returns the run summary."""
+    run_id = run_id or new_run_id()
+    out: dict = {"run_id": run_id, "delivery": cfg.delivery}
+    ingests = []
+    for s in cfg.sources:
+        progress(f"ingest {s}")
+        ingests.append(ingest_source(cfg, s, run_id))
+    out["ingest"] = ingests
+    out["raw_gate"] = []
+    for s, summ in zip(cfg.sources, ingests):
+        progress(f"raw gate {s}")
+        out["raw_gate"].append(raw_gate(cfg, s, run_id, summ))
+    progress("link")
+    out["link"] = link(cfg, run_id, ingests, truth=truth, progress=progress)
+    progress("linked gate")
+    out["linked_gate"] = linked_gate(cfg, run_id, ingests, out["link"])
+    progress("assemble")
+    out["assemble"] = assemble(cfg, run_id, ingests, out["link"])
+    progress("protect")
+    out["protect"] = protect(cfg, run_id, out["assemble"], ingests)
+    progress("release gate")
+    try:
+        out["release_gate"] = release_gate(cfg, run_id, out["protect"])
+    except MedlinkError:
+        discard_staging(cfg, run_id)
+        raise
+    progress("report")
+    out["report"] = report(cfg, run_id)
+    progress("publish")
+    out["publish"] = publish(cfg, run_id, out)
+    return out
