@@ -32,6 +32,7 @@ DTYPES = {"str": pl.String, "int": pl.Int64, "float": pl.Float64, "date": pl.Dat
 QUARANTINE_SCHEMA = {"source": pl.String, "row_number": pl.Int64, "record_id": pl.String,
                      "column": pl.String, "reason": pl.String, "action": pl.String}
 ID_STANDARDISERS = {"ucas_id", "gmc_number"}
+MAX_FIELD_CHARS = 1000
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -102,14 +103,18 @@ def check_columns(src: SourceConfig, config_file: Path | None = None) -> None:
     ignored (an undeclared column could carry personal data)."""
     cols = file_columns(src)
     where = config_file or src.path
-    for native, canon in src.columns.items():
-        if native not in cols:
-            hint = ""
-            if len(cols) == 1 and src.format == "csv":
-                hint = f"; the file has a single column: is the delimiter '{src.delimiter}' right?"
-            raise DeliveryError(
-                f"column '{native}' (mapped to {canon}) is not in {src.path.name}{hint}",
-                file=str(where), key=f"sources.{src.name}.columns.{native}")
+    missing = [n for n in src.columns if n not in cols]
+    if missing:
+        native = missing[0]
+        hint = ""
+        if len(cols) == 1 and src.format == "csv":
+            hint = f"; the file has a single column: is the delimiter '{src.delimiter}' right?"
+        elif len(missing) > 1:
+            hint = (f" ({len(missing)} of {len(src.columns)} mapped columns are missing: "
+                    f"{', '.join(sorted(missing)[:6])}{'...' if len(missing) > 6 else ''}; is this the right file?)")
+        raise DeliveryError(
+            f"column '{native}' (mapped to {src.columns[native]}) is not in {src.path.name}{hint}",
+            file=str(where), key=f"sources.{src.name}.columns.{native}")
     declared = set(src.columns) | set(src.ignore_columns)
     for c in cols:
         if c not in declared:
@@ -252,6 +257,9 @@ def ingest(src: SourceConfig, out_path: Path, quarantine_path: Path,
                                   "identifier does not validate; nulled", "nullified"))
         if spec.required:
             checks.append(_defect(t.is_null() & ~raw_present, c, "required value missing"))
+        if spec.type == "str":
+            checks.append(_defect(pl.col(c).str.len_chars() > MAX_FIELD_CHARS, c,
+                                  f"value longer than {MAX_FIELD_CHARS} characters"))
         allowed = spec.allowed
         if spec.standardise in std.REFERENCE_SETS:
             allowed = tuple(std.reference_codes(std.REFERENCE_SETS[spec.standardise]))
