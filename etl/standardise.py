@@ -26,6 +26,11 @@ _SEX_WORDS = {
 }
 
 
+# Latin letters that NFKD does not split into base letter + mark
+_NO_DECOMPOSITION = {"Ł": "L", "ł": "l", "Ø": "O", "ø": "o", "Æ": "AE", "æ": "ae", "ß": "ss",
+                     "Đ": "D", "đ": "d", "Þ": "TH", "þ": "th", "Œ": "OE", "œ": "oe", "ı": "i"}
+
+
 def name(expr: pl.Expr) -> pl.Expr:
     """Upper case, diacritics folded to ASCII, apostrophes and dots dropped,
     hyphens and other punctuation to spaces, single spaces.
@@ -35,7 +40,8 @@ def name(expr: pl.Expr) -> pl.Expr:
     """
     raw = expr.cast(pl.String).str.strip_chars()
     folded = (
-        raw.str.normalize("NFKD")
+        raw.str.replace_many(list(_NO_DECOMPOSITION), list(_NO_DECOMPOSITION.values()))
+        .str.normalize("NFKD")
         .str.replace_all(r"[\p{Mn}]", "")          # combining marks (diacritics)
         .str.to_uppercase()
         .str.replace_all(r"['’`.]", "")
