@@ -1,0 +1,163 @@
+"""publish: atomic release, lock, manifest and verify."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import duckdb
+import pandas as pd
+import polars as pl
+import pytest
+
+from etl.errors import MedlinkError
+from etl.publish import current_release, publish, verify
+from test_report import make_release
+
+
+def _cfg(root: Path):
+    return SimpleNamespace(releases_dir=root / "releases", delivery="test-delivery",
+                           governance={"demo": True}, path=root / "delivery.yaml")
+
+
+def _summaries(root: Path) -> dict:
+    cl = root / "clusters.parquet"
+    pl.DataFrame({"source": ["admission", "admission", "training"], "record_id": ["a1", "a2", "t1"],
+                  "person_id": ["p1", "p2", "p1"]}).write_parquet(cl)
+    rep = root / "report.json"
+    rep.write_text(json.dumps({
+        "overall": {"link_rate": 0.97, "f1": 0.99, "seconds": 3.0},
+        "by_subgroup": {"imd_quintile": {"1": {"link_rate": 0.92, "n": 120},
+                                         "5": {"link_rate": 0.98, "n": 900}}},
+        "pairwise": [{"pair": "admission-training", "link_rate": 0.96, "precision": 0.995}],
+    }))
+    return {"ingest": [{"source": "admission", "file": "A.csv", "sha256": "ab" * 32, "rows_in": 3,
+                        "rows_ingested": 2, "rows_quarantined": 1, "path": "x"},
+                       {"source": "training", "file": "B.csv", "sha256": "cd" * 32, "rows_in": 1,
+                        "rows_ingested": 1, "rows_quarantined": 0, "path": "y"}],
+            "link": {"clusters_path": str(cl), "report_json": str(rep)},
+            "protect": {"key_id": "k-test-01", "demo": True}}
+
+
+def _stage(root: Path, run_id: str, n: int = 600, seed: int = 5) -> Path:
+    stage = root / "releases" / f".staging-{run_id}"
+    make_release(stage, n=n, seed=seed)
+    return stage
+
+
+def test_publish_and_verify(tmp_path):
+    cfg, summ = _cfg(tmp_path), _summaries(tmp_path)
+    stage = _stage(tmp_path, "r1")
+    s = publish(stage, cfg, "r1", summ)
+    rel = Path(s["release_dir"])
+    assert rel == tmp_path / "releases" / "r1" and not stage.exists()
+    assert current_release(cfg.releases_dir) == rel
+    assert verify(rel) == []
+    m = json.loads((rel / "manifest.json").read_text())
+    assert m["release_id"] == "r1" and m["key_id"] == "k-test-01" and m["demo"] is True
+    assert m["inputs"][0]["sha256"] == "ab" * 32
+    for f in ("doctors.parquet", "events.parquet", "row_accounting.parquet", "linkage_quality.parquet",
+              "data_dictionary.md", "data_dictionary.html"):
+        assert f in m["files"], f
+    assert m["files"]["doctors.parquet"]["rows"] == 600
+    assert m["code"]["version"]
+    ra = pl.read_parquet(rel / "row_accounting.parquet")
+    assert ra.filter(pl.col("source") == "admission")["quarantined"][0] == 1
+    assert ra.filter(pl.col("source") == "admission")["in_clusters"][0] == 2
+    lq = pl.read_parquet(rel / "linkage_quality.parquet")
+    r = lq.filter((pl.col("subgroup") == "imd_quintile") & (pl.col("level") == "1")
+                  & (pl.col("metric") == "link_rate"))
+    assert r["value"][0] == pytest.approx(0.92)
+    assert "seconds" not in lq["metric"].to_list()
+    dd = (rel / "data_dictionary.md").read_text()
+    assert "school_type" in dd and "independent" in dd
+    # readable by the other engines, enums included
+    con = duckdb.connect()
+    assert con.execute(f"select count(*) from '{rel}/doctors.parquet' where school_type = 'independent'"
+                       ).fetchone()[0] > 0
+    assert len(pd.read_parquet(rel / "doctors.parquet")) == 600
+
+
+def test_tampered_release_fails_verify(tmp_path):
+    cfg = _cfg(tmp_path)
+    s = publish(_stage(tmp_path, "r1"), cfg, "r1", _summaries(tmp_path))
+    rel = Path(s["release_dir"])
+    p = rel / "events.parquet"
+    b = bytearray(p.read_bytes())
+    b[len(b) // 2] ^= 0xFF
+    p.write_bytes(bytes(b))
+    problems = verify(rel)
+    assert problems and any("events.parquet" in x and "checksum" in x for x in problems)
+    (rel / "extra.txt").write_text("x")
+    (rel / "data_dictionary.md").unlink()
+    problems = verify(rel)
+    assert any("extra.txt" in x for x in problems)
+    assert any("data_dictionary.md" in x and "missing" in x for x in problems)
+
+
+def test_failed_rename_leaves_previous_release(tmp_path, monkeypatch):
+    cfg, summ = _cfg(tmp_path), _summaries(tmp_path)
+    publish(_stage(tmp_path, "r1"), cfg, "r1", summ)
+    before = (cfg.releases_dir / "CURRENT").read_text()
+    stage2 = _stage(tmp_path, "r2", seed=9)
+
+    def boom(*a, **k):
+        raise OSError("disk on fire")
+    monkeypatch.setattr(os, "rename", boom)
+    with pytest.raises(OSError):
+        publish(stage2, cfg, "r2", summ)
+    monkeypatch.undo()
+    assert (cfg.releases_dir / "CURRENT").read_text() == before
+    assert current_release(cfg.releases_dir).name == "r1"
+    assert verify(cfg.releases_dir / "r1") == []
+    visible = [p.name for p in cfg.releases_dir.iterdir() if not p.name.startswith(".")]
+    assert sorted(visible) == ["CURRENT", "r1"]
+
+
+def test_failed_current_switch_rolls_back(tmp_path, monkeypatch):
+    cfg, summ = _cfg(tmp_path), _summaries(tmp_path)
+    publish(_stage(tmp_path, "r1"), cfg, "r1", summ)
+    stage2 = _stage(tmp_path, "r2", seed=9)
+    real_replace = os.replace
+
+    def replace(src, dst, *a, **k):
+        if Path(dst).name == "CURRENT":
+            raise OSError("no space")
+        return real_replace(src, dst, *a, **k)
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError):
+        publish(stage2, cfg, "r2", summ)
+    monkeypatch.undo()
+    assert current_release(cfg.releases_dir).name == "r1"
+    assert not (cfg.releases_dir / "r2").exists() and stage2.exists()
+    assert not [p for p in cfg.releases_dir.iterdir() if p.name.startswith(".CURRENT")]
+
+
+def test_lock_held_gives_clear_error(tmp_path):
+    cfg, summ = _cfg(tmp_path), _summaries(tmp_path)
+    stage = _stage(tmp_path, "r1")
+    fd = os.open(cfg.releases_dir / ".lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(MedlinkError, match="another medlink run is publishing"):
+            publish(stage, cfg, "r1", summ, lock_timeout=0.3)
+    finally:
+        os.close(fd)
+    assert stage.exists() and current_release(cfg.releases_dir) is None
+    assert not (cfg.releases_dir / "r1").exists()
+
+
+def test_release_never_overwritten(tmp_path):
+    cfg, summ = _cfg(tmp_path), _summaries(tmp_path)
+    publish(_stage(tmp_path, "r1"), cfg, "r1", summ)
+    with pytest.raises(MedlinkError, match="already exists"):
+        publish(_stage(tmp_path, "r1", seed=2), cfg, "r1", summ)
+
+
+def test_current_release_missing(tmp_path):
+    assert current_release(tmp_path) is None
+    (tmp_path / "CURRENT").write_text("gone\n")
+    assert current_release(tmp_path) is None
