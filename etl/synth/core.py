@@ -85,7 +85,7 @@ def simulate(n: int, seed: int, em) -> dict:
     fp = np.where(has_fp, fp, 0)
     # ability and UKFP scores; ethnic awarding gap [S23]
     gap = np.vectorize(lambda g: P.AWARDING_GAP.get(g, 0.0), otypes=[float])(ppl["g9"])
-    z = 0.95 * r.standard_normal(n) + gap + 0.1 * ppl["ses"]
+    z = 0.95 * r.standard_normal(n) + P.AWARDING_GAP_SCALE * gap + 0.1 * ppl["ses"]
     epm_latent = z + 0.6 * r.standard_normal(n)
     dfz = pl.DataFrame({"s": school, "fp": fp, "l": epm_latent})
     decile = dfz.select(

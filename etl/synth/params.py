@@ -80,6 +80,9 @@ SJT_MEAN, SJT_SD, SJT_MAX = 40.0, 3.5, 50.0               # [assumption, domain.
 AWARDING_GAP = {"White": 0.0, "Mixed": -0.15, "Pakistani": -0.53, "Bangladeshi": -0.50,
                 "Indian": -0.30, "Chinese": -0.20, "Other Asian": -0.40, "Black": -0.60,
                 "Other": -0.40, "Unknown": -0.10}
+# the gap is planted on latent ability; the recorded total measures ability with noise
+# (corr ~0.88), so the latent gap is scaled up to make the *observed* z gap hit [S23] [derived]
+AWARDING_GAP_SCALE = 1.14
 UKFP_POINT_SD = 5.9           # IQR 76.9-84.85 [S24] -> SD ~ 8/1.35 [derived]
 FOUNDATION_SCHOOLS = [
     "East Anglia", "Essex Bedfordshire and Hertfordshire", "Kent Surrey and Sussex",
