@@ -63,6 +63,10 @@ DERIVED = {
     "ingested": "Rows standardised and kept", "in_clusters": "Ingested rows assigned to a person",
     "persons": "Distinct persons with a row from this source",
     "persons_published": "Persons in the release with a row from this source",
+    "quarantine_reasons": "Quarantined rows by column and reason (each row under its first reason)",
+    "linked": "Records whose person also has a record in another source",
+    "records_published": "Records whose person has a doctor row in the release",
+    "reconciled": "rows_in == quarantined + ingested and every ingested record is in exactly one cluster",
     # linkage_quality
     "section": "Part of the linkage report (e.g. overall, by_subgroup, pairwise)",
     "subgroup": "Subgroup variable (e.g. imd_quintile, ethnicity) or 'all'",
@@ -194,9 +198,11 @@ def _md_cell(s: Any) -> str:
     return str(s if s is not None else "").replace("|", "\\|").replace("\n", " ")
 
 
-def write_dictionary(release_dir: Path, rules: dict | None = None) -> dict:
-    """Write data_dictionary.md and data_dictionary.html into release_dir."""
+def write_dictionary(release_dir: Path, rules: dict | None = None, release_id: str | None = None) -> dict:
+    """Write data_dictionary.md and data_dictionary.html into release_dir
+    (`release_id` names the release when release_dir is still a staging dir)."""
     release_dir = Path(release_dir)
+    name = release_id or release_dir.name
     rows = describe_release(release_dir, rules)
     tables: dict[str, list[dict]] = {}
     for r in rows:
@@ -204,7 +210,7 @@ def write_dictionary(release_dir: Path, rules: dict | None = None) -> dict:
     cols = ["column", "type", "description", "values", "class", "treatment"]
 
     md = ["# Data dictionary", "",
-          f"Release `{release_dir.name}`. Generated from the release's Parquet files, the governance "
+          f"Release `{name}`. Generated from the release's Parquet files, the governance "
           "rules and the source contracts. `values` are those observed in this release "
           "(low-cardinality columns) or the observed range. `class` is the governance class; "
           "`treatment` the generalisation or suppression the rules applied.", ""]
@@ -224,10 +230,10 @@ def write_dictionary(release_dir: Path, rules: dict | None = None) -> dict:
         body += ["<tr>" + "".join(f"<td>{e(str(r[c]))}</td>" for c in cols) + "</tr>" for r in rs]
         body.append("</table>")
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>Data dictionary "
-            f"{e(release_dir.name)}</title><style>body{{font-family:sans-serif;margin:2em}}"
+            f"{e(name)}</title><style>body{{font-family:sans-serif;margin:2em}}"
             "table{border-collapse:collapse;margin-bottom:2em}td,th{border:1px solid #ccc;"
             "padding:4px 8px;vertical-align:top;font-size:90%}th{background:#eee}</style></head><body>"
-            f"<h1>Data dictionary</h1><p>Release <code>{e(release_dir.name)}</code>. Values observed "
+            f"<h1>Data dictionary</h1><p>Release <code>{e(name)}</code>. Values observed "
             "in this release; class and treatment from the governance rules.</p>"
             + "".join(body) + "</body></html>")
     html_path = release_dir / "data_dictionary.html"

@@ -407,7 +407,7 @@ def publish(staging: Path, cfg, run_id: str, summaries: dict, *,
     write_parquet(linkage_quality(summaries), staging / "linkage_quality.parquet")
     rules, _ = load_rules_file(cfg)
     from etl.dictionary import write_dictionary
-    write_dictionary(staging, rules)
+    write_dictionary(staging, rules, release_id=run_id)
 
     manifest = build_manifest(staging, cfg, run_id, summaries)
     tmp = staging / f".tmp-{MANIFEST}"

@@ -39,7 +39,8 @@ from etl.paths import REFERENCE_DIR
 
 # measure -> candidate release column names, first found wins
 CANDIDATES: dict[str, list[str]] = {
-    "school": ["school_type", "school_group", "school_type_group", "independent_school"],
+    # not `school_group`: profile_a uses that name for the medical-school group
+    "school": ["school_type", "school_type_group", "school_type_grouped", "independent_school"],
     "imd": ["imd_quintile", "imd_quintile_band", "imd_band", "imd_group", "imd_q"],
     "polar": ["polar4_quintile", "polar_quintile", "polar4_band", "polar_band"],
     "nssec": ["nssec_3", "nssec_group", "nssec_class", "nssec_band", "nssec_code", "sec_code"],
@@ -49,12 +50,13 @@ CANDIDATES: dict[str, list[str]] = {
 GROUP_CANDIDATES = ["first_offer_specialty_group", "specialty_group", "first_offer_group"]
 CODE_CANDIDATES = ["first_offer_specialty", "first_offer_specialty_code", "first_offer_code"]
 SEX_CANDIDATES = ["sex", "sex_group"]
-SCORE_CANDIDATES = ["fp_total_score", "ukfp_total", "fp_score", "fp_score_z", "fp_score_band",
-                    "fp_total_score_band"]
+SCORE_CANDIDATES = ["fp_total_score", "ukfp_total", "fp_score", "fp_score_z", "fp_total_decile",
+                    "fp_score_decile", "fp_score_band", "fp_total_score_band"]
 LABELS = {"school": "School type", "imd": "IMD quintile", "polar": "POLAR4 quintile",
           "nssec": "NS-SEC class", "parental_he": "Parental higher education",
           "fsm": "Free school meals"}
 GP = "GP"
+MIN_PCT_DENOMINATOR = 22.5      # HESA: no percentage on a base below 22.5
 FALLBACK_MIN_CELL = 10
 FALLBACK_ROUND = 5
 
@@ -72,14 +74,29 @@ def _fallback_params(rules) -> tuple[int, int]:
                     if isinstance(sec.get(k), int):
                         thr = sec[k]
                 for k in ("round_to", "rounding", "round", "rounding_base"):
-                    if isinstance(sec.get(k), int):
-                        base = sec[k]
+                    v = sec.get(k)
+                    if isinstance(v, dict):
+                        v = v.get("base")
+                    if isinstance(v, int) and v > 0:
+                        base = v
     return thr, base
 
 
+def csv_marker(rules) -> str:
+    """How a suppressed cell is written in CSV (rules `aggregates.csv_marker`, default '')."""
+    if isinstance(rules, dict) and isinstance(rules.get("aggregates"), dict):
+        m = rules["aggregates"].get("csv_marker")
+        if isinstance(m, str):
+            return m
+    return ""
+
+
 def _local_disclosure_control(table: pl.DataFrame, count_columns: list[str], rules):
-    # TODO(governance): remove once etl.governance.disclosure_control is importable
-    # everywhere; this fallback only suppresses small cells and rounds.
+    # TODO(governance): remove once etl.governance.disclosure_control exists.
+    # This fallback suppresses cells below the threshold (zeros included) and
+    # rounds the rest to the base; it does NOT do secondary suppression, so a
+    # suppressed cell may be recoverable from unrounded margins (we publish
+    # no margins, and totals in the HTML are sums of protected cells).
     thr, base = _fallback_params(rules)
     out = table.with_columns([
         pl.when(pl.col(c) < thr).then(None)
@@ -136,18 +153,20 @@ def _prepare(d: pl.DataFrame) -> tuple[pl.DataFrame, dict, list[str]]:
     exprs = [grp.alias("_group")]
     for m, cands in CANDIDATES.items():
         c = _first(cols, cands)
+        if c is not None and d[c].null_count() == d.height:
+            c = None                      # present but empty (source not delivered)
         if c is None:
             skipped.append(m)
             continue
         found[m] = c
         exprs.append(pl.col(c).cast(pl.String).alias(f"_m_{m}"))
-    sc = _first(cols, ["school_type", "school_group", "school_type_group"])
+    sc = _first(cols, ["school_type", "school_type_group", "school_type_grouped"])
     if "independent_school" in cols:
         exprs.append(pl.col("independent_school").cast(pl.Boolean).alias("_indep"))
         found["independent"] = "independent_school"
     elif sc:
         s = pl.col(sc).cast(pl.String).str.to_lowercase()
-        exprs.append(pl.when(s.is_null() | s.is_in(["unknown", "not known", "missing", "suppressed", "*"]))
+        exprs.append(pl.when(s.is_null() | s.str.contains("unknown|not known|missing|suppress|^\\*$|^\\.\\.$"))
                      .then(None).otherwise(s.str.contains("independent|fee|private")).alias("_indep"))
         found["independent"] = f"{sc} == independent"
     sex = _first(cols, SEX_CANDIDATES)
@@ -178,7 +197,7 @@ def crosstab(p: pl.DataFrame, measure: str, rules) -> tuple[pl.DataFrame, dict]:
     prot, log = protect_counts(raw, ["n"], rules)
     tot = prot.group_by("specialty_group").agg(pl.col("n").sum().alias("_t"))
     prot = (prot.join(tot, on="specialty_group", how="left")
-                .with_columns(pl.when(pl.col("n").is_not_null() & (pl.col("_t") > 0))
+                .with_columns(pl.when(pl.col("n").is_not_null() & (pl.col("_t") >= MIN_PCT_DENOMINATOR))
                               .then((100 * pl.col("n") / pl.col("_t")).round(1))
                               .alias("pct_of_group"))
                 .drop("_t")
@@ -220,25 +239,28 @@ def _design(sub: pl.DataFrame, exposure: pl.DataFrame) -> tuple[np.ndarray, list
     return np.column_stack(cols), names
 
 
-def _fit(y: np.ndarray, X: np.ndarray, names: list[str], term: str):
+def _fit(y: np.ndarray, X: np.ndarray, names: list[str], terms: list[str]) -> dict | None:
+    """Logit fit; {term: {or, ci_low, ci_high, p_value}} for the terms estimated."""
     import statsmodels.api as sm
     keep = np.ptp(X, axis=0) > 0
     keep[0] = True
     X, names = X[:, keep], [n for n, k in zip(names, keep) if k]
-    if term not in names:
-        return None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             res = sm.Logit(y, X).fit(disp=0, maxiter=100)
         except Exception:  # noqa: BLE001 - separation / singular matrix: no estimate
             return None
-    i = names.index(term)
-    b, se = float(res.params[i]), float(res.bse[i])
-    if not (math.isfinite(b) and math.isfinite(se)):
-        return None
-    return {"or": math.exp(b), "ci_low": math.exp(b - 1.96 * se), "ci_high": math.exp(b + 1.96 * se),
-            "p_value": float(res.pvalues[i])}
+    out = {}
+    for term in terms:
+        if term not in names:
+            continue
+        i = names.index(term)
+        b, se = float(res.params[i]), float(res.bse[i])
+        if math.isfinite(b) and math.isfinite(se):
+            out[term] = {"or": math.exp(b), "ci_low": math.exp(b - 1.96 * se),
+                         "ci_high": math.exp(b + 1.96 * se), "p_value": float(res.pvalues[i])}
+    return out
 
 
 def odds_ratios(p: pl.DataFrame, measures: list[str], thr: int, base: int) -> pl.DataFrame:
@@ -265,24 +287,35 @@ def odds_ratios(p: pl.DataFrame, measures: list[str], thr: int, base: int) -> pl
                     continue
                 ref = s[col].value_counts(sort=True)[0, 0]
                 levels = [(lv, pl.col(col) == lv) for lv in sorted(set(s[col].unique().to_list()) - {ref})]
-            y = (s["_group"] == g).cast(pl.Float64).to_numpy()
-            for lv, expr in levels:
-                ind = s.select(expr.cast(pl.Float64).alias(f"exp_{lv}"))
-                # small-cell check on exposure x outcome
-                e = ind.to_series().to_numpy()
-                cells = [int(((e == a) & (y == b)).sum()) for a in (0, 1) for b in (0, 1)]
+            # one model per exposure: a dummy per level with no small
+            # exposure x outcome cell; rows of small levels are left out
+            y_all = (s["_group"] == g).cast(pl.Float64).to_numpy()
+            ind = s.select([e.cast(pl.Float64).alias(f"exp_{lv}") for lv, e in levels])
+            keep_rows = np.ones(s.height, bool)
+            ok, notes = [], {}
+            for lv, _ in levels:
+                e = ind[f"exp_{lv}"].to_numpy()
+                cells = [int(((e == a) & (y_all == b)).sum()) for a in (0, 1) for b in (0, 1)]
+                if min(cells) < thr:
+                    notes[lv] = f"suppressed: a cell below {thr}"
+                    keep_rows &= e == 0
+                else:
+                    ok.append(lv)
+            est = {}
+            if ok:
+                sk = s.filter(pl.Series(keep_rows))
+                X, names = _design(sk, ind.filter(pl.Series(keep_rows)).select([f"exp_{lv}" for lv in ok]))
+                est = _fit(y_all[keep_rows], X, names, [f"exp_{lv}" for lv in ok]) or {}
+            for lv, _ in levels:
                 row = {"specialty_group": g, "reference_group": GP, "exposure": name, "level": str(lv),
                        "reference_level": str(ref), "n": int(round(s.height / base) * base),
-                       "or": None, "ci_low": None, "ci_high": None, "p_value": None, "note": ""}
-                if min(cells) < thr:
-                    row["note"] = f"suppressed: a cell below {thr}"
-                else:
-                    X, names = _design(s, ind)
-                    est = _fit(y, X, names, f"exp_{lv}")
-                    if est is None:
-                        row["note"] = "not estimable"
-                    else:
-                        row.update({k: round(v, 4) for k, v in est.items()})
+                       "or": None, "ci_low": None, "ci_high": None, "p_value": None,
+                       "note": notes.get(lv, "")}
+                r = est.get(f"exp_{lv}")
+                if r is not None:
+                    row.update({k: round(v, 4) for k, v in r.items()})
+                elif lv not in notes:
+                    row["note"] = "not estimable"
                 rows.append(row)
     schema = {"specialty_group": pl.String, "reference_group": pl.String, "exposure": pl.String,
               "level": pl.String, "reference_level": pl.String, "n": pl.Int64, "or": pl.Float64,
@@ -380,7 +413,7 @@ def write_report(release_dir: Path, out_dir: Path | None = None, rules=None) -> 
         t, log = crosstab(p, m, rules)
         tables[m], logs[m] = t, log
         paths[m] = out_dir / f"table_{m}.csv"
-        t.write_csv(paths[m])
+        t.write_csv(paths[m], null_value=csv_marker(rules))
     ors = odds_ratios(p, measures, thr, base)
     ors_path = out_dir / "odds_ratios.csv"
     ors.write_csv(ors_path)

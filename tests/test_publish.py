@@ -23,10 +23,19 @@ def _cfg(root: Path):
                            governance={"demo": True}, path=root / "delivery.yaml")
 
 
-def _summaries(root: Path) -> dict:
+def _summaries(root: Path, stage: Path) -> dict:
+    """Ingest + link summaries consistent with the staged doctors (reconcile checks them)."""
+    d = pl.read_parquet(stage / "doctors.parquet").with_row_index("i")
+    parts = []
+    for src, flag in (("admission", "in_admission"), ("training", "in_training")):
+        parts.append(d.filter(pl.col(flag)).select(
+            pl.lit(src).alias("source"), (pl.lit(src[0]) + pl.col("i").cast(pl.String)).alias("record_id"),
+            pl.col("doctor_pid").alias("person_id")))
     cl = root / "clusters.parquet"
-    pl.DataFrame({"source": ["admission", "admission", "training"], "record_id": ["a1", "a2", "t1"],
-                  "person_id": ["p1", "p2", "p1"]}).write_parquet(cl)
+    clusters = pl.concat(parts)
+    clusters.write_parquet(cl)
+    n_adm = clusters.filter(pl.col("source") == "admission").height
+    n_trn = clusters.filter(pl.col("source") == "training").height
     rep = root / "report.json"
     rep.write_text(json.dumps({
         "overall": {"link_rate": 0.97, "f1": 0.99, "seconds": 3.0},
@@ -34,10 +43,10 @@ def _summaries(root: Path) -> dict:
                                          "5": {"link_rate": 0.98, "n": 900}}},
         "pairwise": [{"pair": "admission-training", "link_rate": 0.96, "precision": 0.995}],
     }))
-    return {"ingest": [{"source": "admission", "file": "A.csv", "sha256": "ab" * 32, "rows_in": 3,
-                        "rows_ingested": 2, "rows_quarantined": 1, "path": "x"},
-                       {"source": "training", "file": "B.csv", "sha256": "cd" * 32, "rows_in": 1,
-                        "rows_ingested": 1, "rows_quarantined": 0, "path": "y"}],
+    return {"ingest": [{"source": "admission", "file": "A.csv", "sha256": "ab" * 32, "rows_in": n_adm + 1,
+                        "rows_ingested": n_adm, "rows_quarantined": 1},
+                       {"source": "training", "file": "B.csv", "sha256": "cd" * 32, "rows_in": n_trn,
+                        "rows_ingested": n_trn, "rows_quarantined": 0}],
             "link": {"clusters_path": str(cl), "report_json": str(rep)},
             "protect": {"key_id": "k-test-01", "demo": True}}
 
@@ -49,8 +58,9 @@ def _stage(root: Path, run_id: str, n: int = 600, seed: int = 5) -> Path:
 
 
 def test_publish_and_verify(tmp_path):
-    cfg, summ = _cfg(tmp_path), _summaries(tmp_path)
+    cfg = _cfg(tmp_path)
     stage = _stage(tmp_path, "r1")
+    summ = _summaries(tmp_path, stage)
     s = publish(stage, cfg, "r1", summ)
     rel = Path(s["release_dir"])
     assert rel == tmp_path / "releases" / "r1" and not stage.exists()
@@ -66,24 +76,27 @@ def test_publish_and_verify(tmp_path):
     assert m["code"]["version"]
     ra = pl.read_parquet(rel / "row_accounting.parquet")
     assert ra.filter(pl.col("source") == "admission")["quarantined"][0] == 1
-    assert ra.filter(pl.col("source") == "admission")["in_clusters"][0] == 2
+    adm = ra.filter(pl.col("source") == "admission")
+    assert adm["in_clusters"][0] == adm["ingested"][0] == adm["rows_in"][0] - 1
+    assert adm["persons_published"][0] == adm["persons"][0]
     lq = pl.read_parquet(rel / "linkage_quality.parquet")
     r = lq.filter((pl.col("subgroup") == "imd_quintile") & (pl.col("level") == "1")
                   & (pl.col("metric") == "link_rate"))
     assert r["value"][0] == pytest.approx(0.92)
     assert "seconds" not in lq["metric"].to_list()
     dd = (rel / "data_dictionary.md").read_text()
-    assert "school_type" in dd and "independent" in dd
+    assert "school_type_group" in dd and "Independent" in dd and "Release `r1`" in dd
     # readable by the other engines, enums included
     con = duckdb.connect()
-    assert con.execute(f"select count(*) from '{rel}/doctors.parquet' where school_type = 'independent'"
+    assert con.execute(f"select count(*) from '{rel}/doctors.parquet' where school_type_group = 'Independent'"
                        ).fetchone()[0] > 0
     assert len(pd.read_parquet(rel / "doctors.parquet")) == 600
 
 
 def test_tampered_release_fails_verify(tmp_path):
     cfg = _cfg(tmp_path)
-    s = publish(_stage(tmp_path, "r1"), cfg, "r1", _summaries(tmp_path))
+    stage = _stage(tmp_path, "r1")
+    s = publish(stage, cfg, "r1", _summaries(tmp_path, stage))
     rel = Path(s["release_dir"])
     p = rel / "events.parquet"
     b = bytearray(p.read_bytes())
@@ -99,10 +112,12 @@ def test_tampered_release_fails_verify(tmp_path):
 
 
 def test_failed_rename_leaves_previous_release(tmp_path, monkeypatch):
-    cfg, summ = _cfg(tmp_path), _summaries(tmp_path)
-    publish(_stage(tmp_path, "r1"), cfg, "r1", summ)
+    cfg = _cfg(tmp_path)
+    stage = _stage(tmp_path, "r1")
+    summ = _summaries(tmp_path, stage)
+    publish(stage, cfg, "r1", summ)
     before = (cfg.releases_dir / "CURRENT").read_text()
-    stage2 = _stage(tmp_path, "r2", seed=9)
+    stage2 = _stage(tmp_path, "r2", seed=5)
 
     def boom(*a, **k):
         raise OSError("disk on fire")
@@ -118,9 +133,11 @@ def test_failed_rename_leaves_previous_release(tmp_path, monkeypatch):
 
 
 def test_failed_current_switch_rolls_back(tmp_path, monkeypatch):
-    cfg, summ = _cfg(tmp_path), _summaries(tmp_path)
-    publish(_stage(tmp_path, "r1"), cfg, "r1", summ)
-    stage2 = _stage(tmp_path, "r2", seed=9)
+    cfg = _cfg(tmp_path)
+    stage = _stage(tmp_path, "r1")
+    summ = _summaries(tmp_path, stage)
+    publish(stage, cfg, "r1", summ)
+    stage2 = _stage(tmp_path, "r2", seed=5)
     real_replace = os.replace
 
     def replace(src, dst, *a, **k):
@@ -137,8 +154,9 @@ def test_failed_current_switch_rolls_back(tmp_path, monkeypatch):
 
 
 def test_lock_held_gives_clear_error(tmp_path):
-    cfg, summ = _cfg(tmp_path), _summaries(tmp_path)
+    cfg = _cfg(tmp_path)
     stage = _stage(tmp_path, "r1")
+    summ = _summaries(tmp_path, stage)
     fd = os.open(cfg.releases_dir / ".lock", os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX)
     try:
@@ -151,10 +169,12 @@ def test_lock_held_gives_clear_error(tmp_path):
 
 
 def test_release_never_overwritten(tmp_path):
-    cfg, summ = _cfg(tmp_path), _summaries(tmp_path)
-    publish(_stage(tmp_path, "r1"), cfg, "r1", summ)
+    cfg = _cfg(tmp_path)
+    stage = _stage(tmp_path, "r1")
+    summ = _summaries(tmp_path, stage)
+    publish(stage, cfg, "r1", summ)
     with pytest.raises(MedlinkError, match="already exists"):
-        publish(_stage(tmp_path, "r1", seed=2), cfg, "r1", summ)
+        publish(_stage(tmp_path, "r1", seed=5), cfg, "r1", summ)
 
 
 def test_current_release_missing(tmp_path):

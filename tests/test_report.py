@@ -24,6 +24,10 @@ GROUPS = ["GP", "Surgical", "Medical", "Anaesthesia/EM", "Mental health"]
 SPECIALTY = {"GP": ["GP"], "Surgical": ["CST", "OPH"], "Medical": ["IMT", "DERM"],
              "Anaesthesia/EM": ["ANA"], "Mental health": ["CPSY"]}
 SCHOOLS = ["independent", "grammar", "comprehensive", "sixth_form_college", "other", "unknown"]
+# release labels as schemas/rules/profile_a.yaml generalises them
+SCHOOL_GROUP = {"independent": "Independent", "grammar": "Selective state",
+                "comprehensive": "Non-selective state", "sixth_form_college": "Sixth-form or FE college",
+                "other": "Other/unknown", "unknown": "Other/unknown"}
 
 
 def make_release(root: Path, n: int = 5000, seed: int = 11) -> Path:
@@ -35,7 +39,8 @@ def make_release(root: Path, n: int = 5000, seed: int = 11) -> Path:
     score = np.clip(rng.normal(80, 6, n), 40, 100)
     z = (score - 80) / 6
     imd = rng.choice([1, 2, 3, 4, 5], n, p=[0.07, 0.12, 0.18, 0.25, 0.38])
-    nssec = rng.choice(["higher", "intermediate", "lower", "other"], n, p=[0.76, 0.11, 0.05, 0.08])
+    nssec = rng.choice(["Higher", "Intermediate", "Routine/manual", "Not classified"], n,
+                       p=[0.76, 0.11, 0.05, 0.08])
     # linear predictors vs GP
     eta = {
         "GP": np.zeros(n),
@@ -55,38 +60,41 @@ def make_release(root: Path, n: int = 5000, seed: int = 11) -> Path:
     doctors = pl.DataFrame({
         "doctor_pid": [f"d{i:06d}" for i in range(n)],
         "sex": np.where(male, "M", "F"),
-        "age_band": rng.choice(["17-19", "20-24", "25+"], n, p=[0.8, 0.15, 0.05]),
-        "cohort_band": rng.choice(["2007-2010", "2011-2014", "2015-2018"], n),
-        "school_type": school,
+        "age_band_at_entry": rng.choice(["17-19", "20-24", "25+"], n, p=[0.8, 0.15, 0.05]),
+        "graduation_cohort": rng.choice(["2007-2010", "2011-2014", "2015-2018"], n),
+        "school_type_group": [SCHOOL_GROUP[x] for x in school],
         "imd_quintile": imd,
-        "nssec_3": nssec,
-        "ethnicity_5": rng.choice(["White", "Asian", "Black", "Mixed", "Other"], n,
-                                  p=[0.69, 0.2, 0.03, 0.04, 0.04]),
-        "fp_total_score": np.round(score, 1),
+        "nssec_class": nssec,
+        "ethnicity_group": rng.choice(["White", "Asian", "Black", "Mixed", "Other"], n,
+                                      p=[0.69, 0.2, 0.03, 0.04, 0.04]),
+        "fp_total_decile": np.clip(10 - ((score - 60) / 4).astype(int), 1, 10),
         "first_offer_year": rng.integers(2016, 2025, n),
-        "first_offer_specialty": code,
+        "first_offer_specialty_group": group,
         "in_admission": rng.random(n) < 0.95,
         "in_training": np.ones(n, bool),
         "in_registration": has_offer | (rng.random(n) < 0.5),
         "link_method": rng.choice(["deterministic", "probabilistic", "single-source"], n, p=[0.7, 0.25, 0.05]),
         "link_probability": np.round(rng.uniform(0.9, 1.0, n), 4),
     }).with_columns(
-        pl.when(pl.Series(no_score)).then(None).otherwise(pl.col("fp_total_score")).alias("fp_total_score"),
+        pl.when(pl.Series(no_score)).then(None).otherwise(pl.col("fp_total_decile")).alias("fp_total_decile"),
         pl.when(pl.Series(has_offer)).then(pl.col("first_offer_year")).alias("first_offer_year"),
-        pl.when(pl.Series(has_offer)).then(pl.col("first_offer_specialty")).alias("first_offer_specialty"),
+        pl.when(pl.Series(has_offer)).then(pl.col("first_offer_specialty_group"))
+          .alias("first_offer_specialty_group"),
+        pl.Series("_code", code),
     ).with_columns(
         pl.col("sex").cast(pl.Enum(["F", "M", "X", "U"])),
-        pl.col("school_type").cast(pl.Enum(SCHOOLS + ["fe_college"])),
+        pl.col("school_type_group").cast(pl.Enum(sorted(set(SCHOOL_GROUP.values())))),
         pl.col("imd_quintile").cast(pl.Int8),
         pl.col("first_offer_year").cast(pl.Int16),
-        pl.col("fp_total_score").cast(pl.Float64),
+        pl.col("fp_total_decile").cast(pl.Int8),
         pl.col("link_method").cast(pl.Enum(["deterministic", "probabilistic", "single-source", "unknown"])),
     )
-    doctors.write_parquet(root / "doctors.parquet", compression="zstd")
     ev = doctors.filter(pl.col("first_offer_year").is_not_null()).select(
         "doctor_pid", pl.lit("specialty_offer").alias("event_type"),
-        pl.date(pl.col("first_offer_year").cast(pl.Int32), 8, 1).alias("event_date"),
-        pl.col("first_offer_specialty").alias("detail"), pl.lit("registration").alias("source"))
+        pl.col("first_offer_year").alias("event_year"),
+        pl.col("first_offer_specialty_group").alias("detail"))
+    doctors = doctors.drop("_code", "first_offer_year")   # profile_a drops the year
+    doctors.write_parquet(root / "doctors.parquet", compression="zstd")
     ev.write_parquet(root / "events.parquet", compression="zstd")
     pl.DataFrame({"section": ["overall", "by_subgroup", "by_subgroup"],
                   "subgroup": ["all", "imd_quintile", "imd_quintile"], "level": ["all", "1", "5"],
@@ -109,7 +117,17 @@ def test_report_files(report):
     assert "data:image/png;base64," in page and "Linkage quality caveats" in page
     assert set(s["tables"]) == {"school", "imd", "nssec"}
     assert set(s["skipped"]) == {"polar", "parental_he", "fsm"}
-    assert s["columns_used"]["nssec"] == "nssec_3"
+    assert s["columns_used"]["nssec"] == "nssec_class"
+    assert s["columns_used"]["score"] == "fp_total_decile"
+
+
+def test_specialty_code_mapped_to_group():
+    from etl.report import _prepare
+    d = pl.DataFrame({"first_offer_specialty": ["CST", "GP", None, "ZZZ"],
+                      "school_type": ["independent", "unknown", "grammar", None]})
+    p, found, _ = _prepare(d)
+    assert p["_group"].to_list() == ["Surgical", "GP", None, "Other"]
+    assert p["_indep"].to_list() == [True, None, False, None]
 
 
 def test_every_count_cell_is_protected(report):
@@ -120,7 +138,7 @@ def test_every_count_cell_is_protected(report):
             rows = list(csv.DictReader(fh))
         assert rows
         for r in rows:
-            if r["n"] == "":
+            if r["n"] in ("", ".."):      # suppressed (rules' csv_marker)
                 continue
             n = int(r["n"])
             assert n % FALLBACK_ROUND == 0 and n >= FALLBACK_MIN_CELL, (path, r)
