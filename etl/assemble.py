@@ -200,6 +200,8 @@ def _pair_links(pairs_path: Path | None, clusters: pl.LazyFrame) -> pl.LazyFrame
         is_prob = ~deterministic.fill_null(False)
     else:
         is_prob = pl.lit(True)
+    if "linked" in names:                 # the linker marks the edges it accepted
+        lf = lf.filter(pl.col("linked").cast(pl.Boolean).fill_null(False))
     lf = lf.select(pl.col("source_l").cast(pl.String), pl.col("record_id_l").cast(pl.String),
                    pl.col("source_r").cast(pl.String), pl.col("record_id_r").cast(pl.String),
                    prob.alias("p"), is_prob.alias("is_prob"))

@@ -275,6 +275,9 @@ def _walk(obj: Any, path: list[str], out: list[tuple[list[str], str, float]], de
             n = _num(v)
             if n is not None:
                 out.append((path, str(k), n))
+            elif (isinstance(v, list) and len(v) == 2 and all(_num(x) is not None for x in v)):
+                out.append((path, f"{k}_low", _num(v[0])))        # e.g. ci95: [low, high]
+                out.append((path, f"{k}_high", _num(v[1])))
             elif isinstance(v, (dict, list)):
                 _walk(v, path + [str(k)], out, depth + 1)
     elif isinstance(obj, list):
@@ -285,7 +288,7 @@ def _walk(obj: Any, path: list[str], out: list[tuple[list[str], str, float]], de
                       path + ([":".join(labels)] if labels else [str(i)]), out, depth + 1)
 
 
-def linkage_quality(summaries: dict) -> pl.DataFrame:
+def linkage_quality(summaries: dict, rules: dict | None = None) -> pl.DataFrame:
     """Flatten the linkage report into (section, subgroup, level, metric, value).
 
     `section` is the first key on the path (e.g. `by_subgroup`, `overall`),
@@ -300,7 +303,7 @@ def linkage_quality(summaries: dict) -> pl.DataFrame:
         if metric.endswith("seconds"):
             continue
         section = path[0] if path else "overall"
-        rest = path[1:]
+        rest = [x for x in path[1:] if x not in ("by_subgroup", "subgroups", "by_group")]
         if not rest:
             subgroup, level = "all", "all"
         elif len(rest) == 1:
@@ -309,7 +312,33 @@ def linkage_quality(summaries: dict) -> pl.DataFrame:
             subgroup, level = "/".join(rest[:-1]), rest[-1]
         rows.append({"section": section, "subgroup": subgroup, "level": level,
                      "metric": metric, "value": value})
-    return pl.DataFrame(rows, schema=LQ_SCHEMA, orient="row") if rows else pl.DataFrame(schema=LQ_SCHEMA)
+    df = pl.DataFrame(rows, schema=LQ_SCHEMA, orient="row") if rows else pl.DataFrame(schema=LQ_SCHEMA)
+    return _protect_quality(df, rules)
+
+
+COUNT_METRICS = {"records", "linked", "n", "k", "count", "tp", "fp", "fn", "tn", "pairs", "links",
+                 "persons", "clusters", "matches", "expected_matches"}
+
+
+def _protect_quality(df: pl.DataFrame, rules) -> pl.DataFrame:
+    """Subgroup counts are aggregates leaving the restricted zone: a cell whose
+    base (records / n) is below the threshold loses all its metrics, and
+    count metrics are rounded to the base (rules `aggregates`, default 10 / 5)."""
+    from etl.report import _fallback_params
+    thr, base = _fallback_params(rules)
+    if df.is_empty():
+        return df
+    key = ["section", "subgroup", "level"]
+    small = (df.filter(pl.col("metric").is_in(["records", "n"]) & (pl.col("value") < thr))
+               .select(key).unique())
+    df = df.join(small.with_columns(pl.lit(True).alias("_small")), on=key, how="left")
+    is_count = pl.col("metric").is_in(list(COUNT_METRICS))
+    return (df.with_columns(
+                pl.when(pl.col("_small").fill_null(False)).then(None)
+                  .when(is_count & (pl.col("value") < thr) & (pl.col("value") != 0)).then(None)
+                  .when(is_count).then((pl.col("value") / base).round(0) * base)
+                  .otherwise(pl.col("value")).alias("value"))
+              .drop("_small"))
 
 
 # --------------------------------------------------------------------------- manifest
@@ -403,9 +432,9 @@ def publish(staging: Path, cfg, run_id: str, summaries: dict, *,
     if final.exists():
         raise MedlinkError(f"release {final} already exists; a release is never overwritten")
 
-    write_parquet(row_accounting(summaries, staging), staging / "row_accounting.parquet")
-    write_parquet(linkage_quality(summaries), staging / "linkage_quality.parquet")
     rules, _ = load_rules_file(cfg)
+    write_parquet(row_accounting(summaries, staging), staging / "row_accounting.parquet")
+    write_parquet(linkage_quality(summaries, rules), staging / "linkage_quality.parquet")
     from etl.dictionary import write_dictionary
     write_dictionary(staging, rules, release_id=run_id)
 

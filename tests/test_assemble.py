@@ -78,12 +78,13 @@ def sources(tmp_path):
         "person_id": ["p1", "p1", "p1", "p2", "p2", "p2", "p2", "p2", "p3", "p4"],
     })
     pairs = pl.DataFrame({
-        "source_l": ["admission", "admission", "admission", "training"],
-        "record_id_l": ["A1", "A2", "A3", "T2"],
-        "source_r": ["admission", "training", "training", "registration"],
-        "record_id_r": ["A2", "T1", "T2", "R1"],
-        "match_probability": [0.97, 1.0, 0.99, 0.8],
-        "method": ["probabilistic", "deterministic", "deterministic", "probabilistic"],
+        "source_l": ["admission", "admission", "admission", "training", "admission"],
+        "record_id_l": ["A1", "A2", "A3", "T2", "A1"],
+        "source_r": ["admission", "training", "training", "registration", "training"],
+        "record_id_r": ["A2", "T1", "T2", "R1", "T1"],
+        "match_probability": [0.97, 1.0, 0.99, 0.8, 0.3],
+        "method": ["probabilistic", "deterministic", "deterministic", "probabilistic", "probabilistic"],
+        "linked": [True, True, True, True, False],     # a rejected edge inside a cluster: not used
     })
     paths = {}
     for name, df in (("admission", adm), ("training", trn), ("registration", reg)):

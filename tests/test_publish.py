@@ -37,10 +37,14 @@ def _summaries(root: Path, stage: Path) -> dict:
     n_adm = clusters.filter(pl.col("source") == "admission").height
     n_trn = clusters.filter(pl.col("source") == "training").height
     rep = root / "report.json"
-    rep.write_text(json.dumps({
+    rep.write_text(json.dumps({       # the shape etl.linkage writes
         "overall": {"link_rate": 0.97, "f1": 0.99, "seconds": 3.0},
-        "by_subgroup": {"imd_quintile": {"1": {"link_rate": 0.92, "n": 120},
-                                         "5": {"link_rate": 0.98, "n": 900}}},
+        "link_rates": {"admission->training": {
+            "linked": 960, "records": 1000, "rate": 0.96, "ci95": [0.947, 0.971],
+            "by_subgroup": {"imd_quintile": {
+                "1": {"records": 120, "linked": 111, "rate": 0.925, "ci95": [0.86, 0.96]},
+                "5": {"records": 900, "linked": 883, "rate": 0.981, "ci95": [0.97, 0.99]},
+                "9": {"records": 4, "linked": 3, "rate": 0.75, "ci95": [0.3, 0.95]}}}}},
         "pairwise": [{"pair": "admission-training", "link_rate": 0.96, "precision": 0.995}],
     }))
     return {"ingest": [{"source": "admission", "file": "A.csv", "sha256": "ab" * 32, "rows_in": n_adm + 1,
@@ -80,9 +84,12 @@ def test_publish_and_verify(tmp_path):
     assert adm["in_clusters"][0] == adm["ingested"][0] == adm["rows_in"][0] - 1
     assert adm["persons_published"][0] == adm["persons"][0]
     lq = pl.read_parquet(rel / "linkage_quality.parquet")
-    r = lq.filter((pl.col("subgroup") == "imd_quintile") & (pl.col("level") == "1")
-                  & (pl.col("metric") == "link_rate"))
-    assert r["value"][0] == pytest.approx(0.92)
+    sub = lq.filter(pl.col("subgroup") == "admission->training/imd_quintile")
+    one = dict(sub.filter(pl.col("level") == "1").select("metric", "value").iter_rows())
+    assert one["rate"] == pytest.approx(0.925) and one["ci95_low"] == pytest.approx(0.86)
+    assert one["records"] == 120 and one["linked"] == 110          # counts rounded to 5
+    small = sub.filter(pl.col("level") == "9")                      # base of 4: all suppressed
+    assert small.height and small["value"].null_count() == small.height
     assert "seconds" not in lq["metric"].to_list()
     dd = (rel / "data_dictionary.md").read_text()
     assert "school_type_group" in dd and "Independent" in dd and "Release `r1`" in dd
