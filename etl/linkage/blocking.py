@@ -33,11 +33,15 @@ def _date_expr(col: str, dtype) -> pl.Expr:
 
 
 def key_expr(rec: Records, k: BlockKey) -> pl.Expr:
-    dtype = rec.df.schema[k.field]
     t = k.transform or "identity"
-    c = pl.col(k.field)
+    if isinstance(k.field, list):
+        dtype = pl.String
+        c = pl.concat_str([pl.col(f).cast(pl.String) for f in k.field], separator=" ", ignore_nulls=True)
+    else:
+        dtype = rec.df.schema[k.field]
+        c = pl.col(k.field)
     if t in ("year", "month", "day", "year_month", "month_day"):
-        d = _date_expr(k.field, dtype)
+        d = _date_expr(k.fields[0], dtype)
         return {"year": d.dt.year().cast(pl.String), "month": d.dt.month().cast(pl.String),
                 "day": d.dt.day().cast(pl.String),
                 "year_month": d.dt.strftime("%Y-%m"), "month_day": d.dt.strftime("%m-%d")}[t]

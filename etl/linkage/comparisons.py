@@ -86,7 +86,7 @@ class Evaluator:
             self.codes, self.values = rec.string_codes(f["value"])
             self.init = rec.derived_codes(f"init:{f['value']}", pl.col(f["value"]).cast(pl.String).str.slice(0, 1))[0]
         elif self.kind == "identifier":
-            pattern = f.get("pattern")
+            pattern = comp.options.get("pattern")
             s = rec.col(f["value"]).cast(pl.String)
             if pattern:
                 s = pl.select(pl.when(s.str.contains(pattern)).then(s)).to_series()

@@ -62,6 +62,7 @@ class Comparison:
     levels: list[Level]
     tasks: list[tuple[str, str]] | None = None  # None = every task
     m_start: list[float] | None = None
+    options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def columns(self) -> list[str]:
@@ -79,14 +80,19 @@ class Comparison:
 
 @dataclass
 class BlockKey:
-    field: str
+    field: str | list[str]          # a list is joined with spaces (e.g. [forenames, surname])
     transform: str | None = None
     n: int | None = None
 
+    @property
+    def fields(self) -> list[str]:
+        return list(self.field) if isinstance(self.field, list) else [self.field]
+
     def describe(self) -> str:
+        f = "+".join(self.fields)
         if not self.transform or self.transform == "identity":
-            return self.field
-        return f"{self.transform}({self.field}{', ' + str(self.n) if self.n else ''})"
+            return f
+        return f"{self.transform}({f}{', ' + str(self.n) if self.n else ''})"
 
 
 @dataclass
@@ -151,7 +157,8 @@ class LinkSpec:
         for c in self.comparisons:
             cols.update(c.columns)
         for r in self.blocking + [s.rule for s in self.sessions]:
-            cols.update(k.field for k in r.keys)
+            for k in r.keys:
+                cols.update(k.fields)
         for i in self.identifiers:
             cols.add(i.field)
         return cols
@@ -185,7 +192,8 @@ def _block_rule(raw: Any, file: Path, key: str, i: int) -> BlockRule:
     for k in raw["keys"]:
         if isinstance(k, str):
             keys.append(BlockKey(k))
-        elif isinstance(k, dict) and "field" in k:
+        elif isinstance(k, dict) and "field" in k and (isinstance(k["field"], str) or (
+                isinstance(k["field"], list) and k["field"] and all(isinstance(x, str) for x in k["field"]))):
             tr = k.get("transform")
             if tr not in BLOCK_TRANSFORMS:
                 raise _err(f"unknown blocking transform '{tr}'; use one of "
@@ -292,7 +300,17 @@ def _comparison(raw: Any, file: Path, key: str, sources: dict) -> Comparison:
     m_start = raw.get("m_start")
     if m_start is not None and (not isinstance(m_start, list) or len(m_start) != len(levels)):
         raise _err("m_start must list one probability per level (else included)", file, key)
-    return Comparison(str(raw["name"]), kind, flds, levels, tasks, m_start)
+    options = {}
+    if "pattern" in raw:
+        try:
+            re.compile(raw["pattern"])
+        except (re.error, TypeError):
+            raise _err("`pattern` is not a valid regular expression", file, key)
+        options["pattern"] = raw["pattern"]
+    unknown = set(raw) - {"name", "kind", "field", "fields", "levels", "tasks", "m_start", "pattern", "description"}
+    if unknown:
+        raise _err(f"unknown comparison key(s) {sorted(unknown)}", file, key)
+    return Comparison(str(raw["name"]), kind, flds, levels, tasks, m_start, options)
 
 
 def _load_yaml(path: Path, key: str | None = None) -> dict:
@@ -389,10 +407,15 @@ def parse_model(model: dict, file: Path | str = "<model>") -> LinkSpec:
         sessions.append(Session(rule, int(s.get("max_pairs", 2_000_000)) if isinstance(s, dict) else 2_000_000))
     if not sessions:
         sessions = [Session(b) for b in blocking[:2]]
-    prior = dict(tr.get("prior") or {"method": "sessions"})
-    if prior.get("method") not in ("sessions", "deterministic", "fixed", "expected_matches"):
-        raise _err("prior.method must be sessions, deterministic, fixed or expected_matches", file,
+    prior = dict(tr.get("prior") or {"method": "candidates"})
+    prior.setdefault("method", "candidates")
+    if prior["method"] not in ("candidates", "deterministic", "fixed", "expected_matches"):
+        raise _err("prior.method must be candidates, deterministic, fixed or expected_matches", file,
                    "training.prior")
+    if prior["method"] == "fixed" and not isinstance(prior.get("value"), (int, float)):
+        raise _err("prior.method fixed needs `value` (a probability)", file, "training.prior")
+    if prior["method"] == "expected_matches" and not isinstance(prior.get("matches"), (int, float)):
+        raise _err("prior.method expected_matches needs `matches`", file, "training.prior")
     u_cfg = {"sample_pairs": 300_000, "stratified_pairs": 100_000, **(tr.get("u") or {})}
     em_cfg = {"max_iterations": 200, "tolerance": 1e-6, **(tr.get("em") or {})}
 

@@ -334,7 +334,7 @@ def session_pairs(rec: Records, spec: LinkSpec, sess, task, rng) -> tuple[np.nda
 
 
 def fields_of_rule(rule) -> set[str]:
-    return {k.field for k in rule.keys}
+    return {f for k in rule.keys for f in k.fields}
 
 
 def estimate_lambda_candidates(P: np.ndarray, cnt: np.ndarray, m, u, n_possible: float,
