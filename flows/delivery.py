@@ -406,20 +406,27 @@ def _resumed(ctx: dict) -> list[str]:
 
 # --------------------------------------------------------------------------- entry point
 
-class _DropFailureTracebacks(logging.Filter):
-    """Console only: the caller gets the exception and prints one line; the
-    full error still goes to the Prefect API (UI) through the api handler."""
+class _ConsoleFilter(logging.Filter):
+    """Console only. Drops (1) ERROR records of Prefect's flow/task-run loggers:
+    the caller gets the exception and prints one line, and the full error still
+    reaches the Prefect API (UI) through the api handler, which runs first;
+    (2) GX's INFO chatter and GX-internal py.warnings."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.levelno >= logging.ERROR
-                    and record.name.startswith(("prefect.flow_runs", "prefect.task_runs")))
+        if record.levelno >= logging.ERROR and record.name.startswith(("prefect.flow_runs", "prefect.task_runs")):
+            return False
+        if record.name.startswith("great_expectations") and record.levelno < logging.WARNING:
+            return False
+        if record.name == "py.warnings" and "great_expectations" in record.getMessage():
+            return False
+        return True
 
 
 @contextlib.contextmanager
-def _quiet_failures():
-    handlers = [h for h in logging.getLogger("prefect").handlers
-                if type(h).__name__ == "PrefectConsoleHandler"]
-    f = _DropFailureTracebacks()
+def _quiet_console():
+    handlers = [h for lg in (logging.getLogger(), logging.getLogger("prefect"))
+                for h in lg.handlers if type(h).__name__ == "PrefectConsoleHandler"]
+    f = _ConsoleFilter()
     for h in handlers:
         h.addFilter(f)
     try:
@@ -430,28 +437,33 @@ def _quiet_failures():
 
 
 @contextlib.contextmanager
-def prefect_api(mode: str = "auto"):
+def prefect_api(mode: str = "auto", heartbeats: bool = False):
     """Point Prefect at a real server when one is available.
 
     mode "auto": PREFECT_API_URL if set, else a running medlink-managed server
     (flows/server.py), else Prefect's ephemeral server (8-18 s per process).
     "start": start the medlink-managed server if none answers. "ephemeral": never use a server.
+    heartbeats False (real server only): no flow-run heartbeat thread (a sync
+    flow joins it at the end, ~1 s per run); a foreground CLI run does not need
+    the server's crash detection. `serve` keeps heartbeats.
     Yields the API URL in use, or None for ephemeral.
     """
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from flows import server
     url = None
     if mode != "ephemeral":
         url = server.find_api_url()
         if url is None and mode == "start":
             url = server.start()
-    if url is None:
-        yield None
-        return
+    # Ephemeral: keep the heartbeat (its ~1 s join at the end also lets the
+    # temporary server record the last task events before it is stopped).
+    updates = {} if (heartbeats or url is None) else {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
     old = os.environ.get("PREFECT_API_URL")
-    os.environ["PREFECT_API_URL"] = url      # inherited by Dask worker processes
+    if url:
+        updates[PREFECT_API_URL] = url
+        os.environ["PREFECT_API_URL"] = url      # inherited by Dask worker processes
     try:
-        with temporary_settings(updates={PREFECT_API_URL: url}):
+        with temporary_settings(updates=updates):
             yield url
     finally:
         if old is None:
@@ -478,11 +490,11 @@ def run_delivery(config_path: str, *, run_id: str | None = None, truth=None, pro
     attempt = uuid.uuid4().hex
     if progress:
         start = time.perf_counter()
-        _PROGRESS[attempt] = lambda m: print(f"[{time.perf_counter() - start:7.1f}s] {m}",
-                                             file=sys.stderr, flush=True)
+        _PROGRESS[attempt] = lambda m: (sys.stderr.write(f"[{time.perf_counter() - start:7.1f}s] {m}\n"),
+                                        sys.stderr.flush())
     t0 = time.perf_counter()
     try:
-        with prefect_api(server) as url, _quiet_failures():
+        with prefect_api(server) as url, _quiet_console():
             if (dask_address or dask_workers) and url is None and block_api() is not None:
                 # ephemeral API + Dask = one temporary server per worker process (research 1.6)
                 raise MedlinkError("Dask scale-out needs a real Prefect server: run "
