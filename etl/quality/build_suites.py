@@ -37,9 +37,9 @@ DTYPES = {
 FORMATS = {
     "ucas_id": (r"^[0-9]{10}$", "UCAS Personal ID: 10 digits"),
     "gmc_number": (r"^[0-9]{7}$", "GMC reference number: 7 digits"),
-    "postcode": (r"^[A-Z0-9]+( [A-Z0-9]{3})?$", "upper case; UK postcodes as 'AB1 2CD'"),
+    "postcode": (r"^[A-Z0-9]+(?: [A-Z0-9]{3})?$", "upper case; UK postcodes as 'AB1 2CD'"),
     "email": (r"^[^A-Z\s]+$", "lower case, no spaces"),
-    "name": (r"^[^\sa-z]+( [^\sa-z]+)*$", "upper case, single spaces, trimmed"),
+    "name": (r"^[^\sa-z]+(?: [^\sa-z]+)*$", "upper case, single spaces, trimmed"),
 }
 REFERENCE_SETS = {"medical_school": "medical_schools", "specialty": "specialties"}
 MAP = {"mostly": 1.0}

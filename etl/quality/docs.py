@@ -52,6 +52,21 @@ img{max-width:100%}
 .offline-note{font-size:12px;color:#6c757d;padding:.3em 1.5em}
 """
 
+# GX's "Show All / Failed Only" filter, without jQuery
+FILTER_JS = """
+function medlinkShow(on){
+ var d=on?'':'none';
+ document.querySelectorAll('.hide-succeeded-validation-target-child').forEach(function(e){e.parentElement.style.display=d;});
+ document.querySelectorAll('.hide-succeeded-validation-target').forEach(function(e){e.style.display=d;});
+ document.querySelectorAll('.hide-succeeded-validations-column-section-target-child').forEach(function(e){
+  var s=e.parentElement.parentElement; s.style.display=d;
+  if(s.id){document.querySelectorAll('a[href$="'+s.id+'"]').forEach(function(a){a.style.display=d;});}
+ });
+}
+function showAllValidations(){medlinkShow(true);}
+function hideSucceededValidations(){medlinkShow(false);}
+"""
+
 _REMOTE = r"""["']\s*(?:https?:)?//"""
 _LINK_RE = re.compile(r"<link\b[^>]*\bhref\s*=\s*" + _REMOTE + r"[^>]*>", re.I)
 _SCRIPT_RE = re.compile(r"<script\b[^>]*\bsrc\s*=\s*" + _REMOTE + r"[^>]*>\s*</script\s*>", re.I)
@@ -63,7 +78,7 @@ _LOGO_RE = re.compile(r"<img\b[^>]*great-expectations-web-assets[^>]*>", re.I)
 _INDEX_TABLE_RE = re.compile(
     r'<table\s+id="(?P<id>[^"]+)"[^>]*ge-index-page-validation-results-table[^>]*>\s*</table>', re.S)
 _INDEX_DATA_RE = re.compile(r"\bdata:\s*(\[.*?\]),\s*toolbar:", re.S)
-_INLINE_SCRIPT_RE = re.compile(r"<script\b[^>]*>.*?</script\s*>", re.S | re.I)
+_INLINE_SCRIPT_RE = re.compile(r'<script\b(?![^>]*id="medlink-)[^>]*>.*?</script\s*>', re.S | re.I)
 _TOOLBAR_RE = re.compile(r'<div id="[^"]*-table-toolbar"[^>]*>.*?</div>', re.S)
 _FOOTER_RE = re.compile(r"<footer\b.*?</footer\s*>", re.S | re.I)
 
@@ -111,6 +126,8 @@ def make_offline(html: str) -> str:
     html = _IMG_RE.sub("", html)
     if "medlink-offline-css" not in html:
         style = f'<style id="medlink-offline-css">{OFFLINE_CSS}</style>'
+        if "hideSucceededValidations" in html:
+            style += f'<script id="medlink-filter-js">{FILTER_JS}</script>'
         html = re.sub(r"</head>", style + "</head>", html, count=1, flags=re.I) \
             if re.search(r"</head>", html, re.I) else style + html
         html = re.sub(r"(<body[^>]*>)", r'\1<div class="offline-note">Offline copy: '

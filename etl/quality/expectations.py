@@ -379,6 +379,7 @@ class ExpectLinkRateToBeBetween(BatchExpectation):
                 "result": {"observed_value": None if rate is None else round(rate, 6),
                            "element_count": m["records"],
                            "unexpected_count": m["records"] - m["linked"],
+                           "unexpected_percent": 100.0 * (1 - rate) if rate is not None else None,
                            "details": {"records": m["records"], "linked": m["linked"]}}}
 
 
@@ -462,6 +463,7 @@ class ExpectQuarantineToReconcile(BatchExpectation):
                 "result": {"observed_value": round(share, 6),
                            "element_count": self.rows_in,
                            "unexpected_count": self.rows_quarantined,
+                           "unexpected_percent": 100.0 * share,
                            "details": {"rows_ingested": rows,
                                        "rows_unaccounted": self.rows_in - self.rows_quarantined - rows,
                                        "adds_up": adds_up}}}

@@ -40,6 +40,7 @@ _SAFE_OBSERVED_TYPES = {
     "expect_column_values_to_be_in_type_list", "expect_column_values_to_be_of_type",
     "expect_table_row_count_to_be_between", "expect_table_row_count_to_equal",
     "expect_table_column_count_to_equal", "expect_table_column_count_to_be_between",
+    "expect_column_dtype_to_be_in_set",
 }
 
 _lock = threading.RLock()
@@ -294,7 +295,7 @@ def _scrub(vr) -> None:
                 if isinstance(i, dict) and i.get("raised_exception"):
                     i["exception_message"] = _safe_message(i.get("exception_message"),
                                                            i.get("exception_traceback"))
-                    i["exception_traceback"] = None
+                    i["exception_traceback"] = i["exception_message"]  # GX renders it; never None
 
 
 _SAFE_MESSAGES = re.compile(r'^(?:Error: )?(The column "[^"]*" in BatchData does not exist\.|column_list must [\w ]+)$')

@@ -47,10 +47,21 @@ def rules_dict(rules: Any) -> tuple[dict, Path]:
 
 
 def _contract_fields() -> dict[str, dict]:
+    """Each canonical field over all contracts: the union of allowed values and
+    the widest min/max (a doctor row may take a field from any source)."""
     out: dict[str, dict] = {}
     for p in sorted(Path(CONTRACTS_DIR).glob("*.yaml")):
         for name, spec in (yaml.safe_load(p.read_text(encoding="utf-8")).get("fields") or {}).items():
-            out.setdefault(name, spec)
+            cur = out.setdefault(name, dict(spec))
+            if cur is spec:
+                continue
+            if cur.get("allowed") is not None and spec.get("allowed") is not None:
+                cur["allowed"] = list(dict.fromkeys([*cur["allowed"], *spec["allowed"]]))
+            elif spec.get("allowed") is None:
+                cur["allowed"] = None
+            for k, pick in (("min", min), ("max", max)):
+                a, b = cur.get(k), spec.get(k)
+                cur[k] = pick(a, b) if a is not None and b is not None else None
     return out
 
 
@@ -87,11 +98,17 @@ def release_params(rules: Any, stage_dir: Path | None = None, table: str = "doct
             return pid
         return spec.get("output") or f
 
-    columns = [c for c in (out_name(f) for f in fields) if c]
-    if table == kan.get("table", "doctors") and supp.get("flag_column"):
-        columns.append(supp["flag_column"])
+    if callable(getattr(rules, "allowed_columns", None)):
+        columns = list(rules.allowed_columns(table))       # etl.governance.rules.Rules: the allow-list
+    else:
+        columns = [c for c in (out_name(f) for f in fields) if c]
+        if table == kan.get("table", "doctors") and supp.get("flag_column"):
+            columns.append(supp["flag_column"])
 
     params: dict = {"release_columns": columns, "pid_column": pid, "pii_scan_exclude": [pid]}
+    if pseudo.get("token_bytes"):
+        # random_token and keyed_release_hmac both write lower-case hex
+        params["pid_regex"] = f"^[0-9a-f]{{{2 * int(pseudo['token_bytes'])}}}$"
     if table != "doctors":
         return params
 
