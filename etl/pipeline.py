@@ -163,9 +163,10 @@ def publish(cfg: Config, run_id: str, summaries: dict) -> dict:
 def report(cfg: Config, run_id: str) -> dict:
     """Stratification report, written into the staging directory so the
     manifest covers it (`medlink report RELEASE` rewrites it elsewhere)."""
+    from etl.governance import load_rules
     from etl.report import write_report
     t0 = time.perf_counter()
-    return _timed(write_report(staging_dir(cfg, run_id)), t0)
+    return _timed(write_report(staging_dir(cfg, run_id), rules=load_rules(cfg.governance["rules"])), t0)
 
 
 def discard_staging(cfg: Config, run_id: str) -> None:
