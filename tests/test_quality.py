@@ -417,6 +417,10 @@ def test_data_docs_hold_no_planted_values_and_load_nothing_remote(tmp_path):
             assert v not in text, (p.name, v)
         assert "pandas_data_fingerprint" not in text
     assert remote_resources(docs) == []
+    assert sum(p.stat().st_size for p in docs.rglob("*") if p.is_file()) < 1_000_000
+    for p in docs.rglob("*"):
+        if p.is_file() and p.suffix in (".html", ".css", ".js"):
+            assert "great-expectations-web-assets" not in p.read_text(encoding="utf-8"), p.name
     for p in docs.rglob("*.html"):
         text = p.read_text(encoding="utf-8")
         for tag in re.findall(r"<(?:link|script|img)\b[^>]*>", text, re.I):

@@ -71,6 +71,8 @@ _REMOTE = r"""["']\s*(?:https?:)?//"""
 _LINK_RE = re.compile(r"<link\b[^>]*\bhref\s*=\s*" + _REMOTE + r"[^>]*>", re.I)
 _SCRIPT_RE = re.compile(r"<script\b[^>]*\bsrc\s*=\s*" + _REMOTE + r"[^>]*>\s*</script\s*>", re.I)
 _IMG_RE = re.compile(r"<img\b[^>]*\bsrc\s*=\s*" + _REMOTE + r"[^>]*>", re.I)
+_CSS_URL_RE = re.compile(r"""url\(\s*['"]?\s*(?:https?:)?//[^)]*\)""", re.I)
+_CSS_IMPORT_RE = re.compile(r"""@import\s+(?:url\()?\s*['"]?\s*(?:https?:)?//[^;]*;""", re.I)
 # GX's navbar logo, wherever it points
 _LOGO_RE = re.compile(r"<img\b[^>]*great-expectations-web-assets[^>]*>", re.I)
 
@@ -122,6 +124,7 @@ def make_offline(html: str) -> str:
     html = _INLINE_SCRIPT_RE.sub("", html)
     html = _TOOLBAR_RE.sub("", html)
     html = _FOOTER_RE.sub("", html)
+    html = _CSS_IMPORT_RE.sub("", _CSS_URL_RE.sub("none", html))     # dark-mode logo in inline CSS
     html = _LOGO_RE.sub('<span class="brand">medlink data quality</span>', html)
     html = _IMG_RE.sub("", html)
     if "medlink-offline-css" not in html:
@@ -136,7 +139,25 @@ def make_offline(html: str) -> str:
     return html
 
 
+KEEP_STATIC = {"images/favicon.ico"}
+
+
+def prune_static(docs_dir: Path) -> None:
+    """GX copies 4 MB of fonts, images and a stylesheet (with a remote logo
+    URL) into static/ on every build; the rewritten pages use only the icon."""
+    static = Path(docs_dir) / "static"
+    if not static.is_dir():
+        return
+    for p in sorted(static.rglob("*"), reverse=True):
+        rel = p.relative_to(static).as_posix()
+        if p.is_file() and rel not in KEEP_STATIC:
+            p.unlink()
+        elif p.is_dir() and not any(p.iterdir()):
+            p.rmdir()
+
+
 def rewrite_site(docs_dir: Path) -> int:
+    prune_static(docs_dir)
     n = 0
     for p in Path(docs_dir).rglob("*.html"):
         text = p.read_text(encoding="utf-8")
@@ -148,11 +169,15 @@ def rewrite_site(docs_dir: Path) -> int:
 
 
 def remote_resources(docs_dir: Path) -> list[str]:
-    """<link>/<script>/<img> tags that still point at the network (for tests)."""
+    """<link>/<script>/<img> tags, CSS url()s and @imports that still point at
+    the network, in any page or stylesheet of the site (for tests)."""
+    tag = re.compile(r"<(?:link|script|img|iframe|source)\b[^>]*\b(?:href|src)\s*=\s*" + _REMOTE + r"[^>]*>", re.I)
     out = []
-    for p in Path(docs_dir).rglob("*.html"):
+    for p in Path(docs_dir).rglob("*"):
+        if p.suffix not in (".html", ".css", ".js"):
+            continue
         text = p.read_text(encoding="utf-8")
-        for rx in (re.compile(r"<(?:link|script|img)\b[^>]*\b(?:href|src)\s*=\s*" + _REMOTE + r"[^>]*>", re.I),):
+        for rx in (tag, _CSS_URL_RE, _CSS_IMPORT_RE):
             out += [f"{p.name}: {m.group(0)[:120]}" for m in rx.finditer(text)]
     return out
 

@@ -70,10 +70,12 @@ def _labels(name: str, raw_h: Any, file: Path) -> set[str] | None:
     try:
         from etl.governance.hierarchies import load_hierarchy
         h = load_hierarchy(name, raw_h, file)
+        if h.type not in ("map", "lookup", "bands"):     # year bands, quantiles: labels depend on data
+            return None
         labels = set(h.labels())
     except Exception:  # noqa: BLE001 - unknown hierarchy shape: no value set, not a crash
         return None
-    return labels or None
+    return labels if labels - {STAR} else None
 
 
 def release_params(rules: Any, stage_dir: Path | None = None, table: str = "doctors") -> dict:
@@ -129,8 +131,11 @@ def release_params(rules: Any, stage_dir: Path | None = None, table: str = "doct
         elif t == "keep":
             c = contract.get(f) or {}
             if c.get("allowed") is not None:
-                value_sets[col] = [str(v) for v in c["allowed"]]
-            if c.get("type") in ("int", "float") and (c.get("min") is not None or c.get("max") is not None):
+                value_sets[col] = [str(v) for v in c["allowed"]] + ([marker] if marker and f in qi else [])
+            if f in qi:
+                # a kept QI becomes text so that it can hold the suppression marker: no numeric range
+                ranges[col] = None
+            elif c.get("type") in ("int", "float") and (c.get("min") is not None or c.get("max") is not None):
                 ranges[col] = {"min_value": c.get("min"), "max_value": c.get("max")}
     params.update({
         "qi_columns": [c for c in (out_name(f) for f in kan.get("quasi_identifiers") or []) if c],
