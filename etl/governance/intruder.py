@@ -1,0 +1,195 @@
+"""Motivated-intruder test (ICO; ISO 27559 adversarial testing).
+
+The intruder holds a register-like public table (the LRMP: sex, place and year
+of primary qualification, training specialty, Specialist/GP Register year) for
+every registered doctor, built here from the restricted, true data. The
+intruder knows the published rules, so they put each public value through the
+same hierarchy at the level this release used, then look for release rows
+that agree on every public field:
+
+- exact: the public values as they are;
+- fuzzy: a share of public years are off by one (recording differences), and
+  the intruder accepts any release row within +/- tolerance years;
+- each both on the doctor table alone and with the event years the release
+  carries (an event year sharpens the corresponding public year).
+
+A re-identification is a public record with exactly one candidate release
+row, and that row is the right person. The rate is reported beside 1/k (the
+prosecutor bound on the doctor table's QI set A). Rows whose QIs were
+suppressed match nothing; they are never candidates.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from etl.governance.rules import Rules
+
+
+def _gen(rules: Rules, field: str, values: pl.Series, level: int, extra: pl.DataFrame | None = None) -> pl.Series:
+    """Generalise a public value as the release did (same hierarchy, same level)."""
+    fr = rules.field("doctors", field)
+    df = pl.DataFrame({field: values}) if extra is None else extra.with_columns(values.alias(field))
+    if fr.treatment == "generalise":
+        return rules.hierarchies[fr.hierarchy].apply(df, field, level)
+    return df.get_column(field).cast(pl.String)
+
+
+def intruder_test(true_doctors: pl.DataFrame, release_doctors: pl.DataFrame, release_events: pl.DataFrame | None,
+                  pid_of: pl.DataFrame, rules: Rules, levels: dict[str, int]) -> dict:
+    """true_doctors: restricted doctor table; release_doctors/events: as released;
+    pid_of: person_id -> doctor_pid; levels: QI level achieved per field."""
+    cfg = rules.intruder
+    if not cfg:
+        return {"run": False, "reason": "no intruder section in the rules"}
+    pub_fields: dict[str, str] = cfg["public_fields"]
+    pf = {p: f for p, f in pub_fields.items() if f in true_doctors.columns}
+    if not pf:
+        return {"run": False, "reason": "none of the public fields is in the doctor table"}
+    pop = cfg.get("population")
+    truth = true_doctors
+    if pop and pop in truth.columns:
+        truth = truth.filter(pl.col(pop).fill_null(False))
+    truth = truth.join(pid_of, on=rules.pseudonym_field, how="inner")
+    pid = rules.pseudonym_output
+    n_pub = truth.height
+    if n_pub == 0:
+        return {"run": False, "reason": "the public table is empty"}
+    rng = np.random.default_rng(int(cfg.get("seed", 0)))
+    tol = int(cfg.get("fuzzy_year_tolerance", 1))
+    noise = float(cfg.get("year_noise", 0.0))
+    year_fields = [p for p, f in pf.items() if _is_year_field(truth, f)]
+
+    # public table: true values (years as integers)
+    public = pl.DataFrame({pid: truth.get_column(pid)})
+    for p, f in pf.items():
+        s = truth.get_column(f)
+        if p in year_fields:
+            s = s.dt.year() if s.dtype in (pl.Date, pl.Datetime) else s.cast(pl.Int64, strict=False)
+            s = s.cast(pl.Int64)
+        public = public.with_columns(s.alias(p))
+    noisy = public.clone()
+    for p in year_fields:
+        shift = rng.choice([-1, 1], size=n_pub) * (rng.random(n_pub) < noise)
+        noisy = noisy.with_columns((pl.col(p) + pl.Series(shift, dtype=pl.Int64)).alias(p))
+
+    # release side: the released columns of the public fields (+ event years)
+    rel_cols = {p: rules.output_name("doctors", f) for p, f in pf.items()}
+    flag = rules.flag_column
+    rel = release_doctors
+    if flag in rel.columns:
+        rel = rel.filter(~pl.col(flag).fill_null(False))
+    rel = rel.select(pid, *[pl.col(c).cast(pl.String).alias(p) for p, c in rel_cols.items()])
+    ev_years = _event_years(release_events, rules, pf)
+    if ev_years is not None:
+        rel_ev = rel.join(ev_years, on=pid, how="left")
+    else:
+        rel_ev = None
+
+    out = {"run": True, "public_records": n_pub, "public_fields": list(pf),
+           "release_rows_matchable": rel.height, "k": rules.k, "one_over_k": round(1 / rules.k, 4),
+           "year_noise": noise, "fuzzy_year_tolerance": tol,
+           "event_years_used": sorted(ev_years.columns[1:]) if ev_years is not None else []}
+    scenarios = {"exact": (public, 0), "fuzzy": (noisy, tol)}
+    for name, (pub, t) in scenarios.items():
+        out[name] = _match(pub, rel, rules, pf, levels, year_fields, t, pid, None)
+        if rel_ev is not None:
+            out[f"{name}_with_events"] = _match(pub, rel_ev, rules, pf, levels, year_fields, t, pid,
+                                                list(ev_years.columns[1:]))
+    rates = [v["reidentification_rate"] for k_, v in out.items() if isinstance(v, dict) and "reidentification_rate" in v]
+    out["max_reidentification_rate"] = max(rates) if rates else None
+    out["within_1_over_k"] = bool(out["max_reidentification_rate"] is not None
+                                  and out["max_reidentification_rate"] <= 1 / rules.k)
+    return out
+
+
+def _is_year_field(df: pl.DataFrame, f: str) -> bool:
+    dt_ = df.schema[f]
+    return dt_ in (pl.Date, pl.Datetime) or (dt_.is_integer() and f.endswith(("year", "_date")))
+
+
+def _event_years(events: pl.DataFrame | None, rules: Rules, pf: dict[str, str]) -> pl.DataFrame | None:
+    """Per doctor_pid, the released year of the event types that restate a public year."""
+    spec = rules.intruder.get("event_years") or {}
+    if events is None or not spec or "event_type" not in events.columns:
+        return None
+    pid = rules.pseudonym_output
+    ycol = next((c for c in events.columns if c not in (pid, "event_type", "detail")
+                 and (events.schema[c].is_integer() or events.schema[c] in (pl.Date, pl.Datetime))), None)
+    if ycol is None:
+        return None
+    y = pl.col(ycol)
+    y = y.dt.year().cast(pl.Int64) if events.schema[ycol] in (pl.Date, pl.Datetime) else y.cast(pl.Int64)
+    frames = []
+    for p, types in spec.items():
+        if p not in pf:
+            continue
+        sub = (events.filter(pl.col("event_type").is_in(types))
+                     .group_by(pid).agg(y.min().alias(f"__ev_{p}")))
+        if sub.height:
+            frames.append(sub)
+    if not frames:
+        return None
+    out = frames[0]
+    for f in frames[1:]:
+        out = out.join(f, on=pid, how="full", coalesce=True)
+    return out
+
+
+def _match(pub: pl.DataFrame, rel: pl.DataFrame, rules: Rules, pf: dict[str, str], levels: dict[str, int],
+           year_fields: list[str], tol: int, pid: str, ev_cols: list[str] | None) -> dict:
+    """Count, per public record, the release rows agreeing on every public field."""
+    n = pub.height
+    fields = list(pf)
+    shifts = range(-tol, tol + 1)
+    # each public record expands into its tolerated year variants
+    variants = []
+    combos = [dict()]
+    for p in year_fields:
+        combos = [dict(c, **{p: s}) for c in combos for s in shifts]
+    for ci, combo in enumerate(combos):
+        v = pub.with_row_index("__r")
+        for p, s in combo.items():
+            v = v.with_columns((pl.col(p) + s).alias(f"__y_{p}"))
+        variants.append(v)
+    allv = pl.concat(variants, how="vertical")
+    # generalise public values to release categories
+    gen = {}
+    for p, f in pf.items():
+        src = allv.get_column(f"__y_{p}") if p in year_fields else allv.get_column(p)
+        lv = levels.get(f, 0)
+        gen[p] = _gen(rules, f, src, lv)
+    keyed = pl.DataFrame({"__r": allv.get_column("__r"), "__true": allv.get_column(pid), **gen})
+    if ev_cols:
+        for p in year_fields:
+            if f"__ev_{p}" in ev_cols:
+                keyed = keyed.with_columns(allv.get_column(f"__y_{p}").alias(f"__ev_{p}"))
+    keyed = keyed.unique()
+    # release rows grouped by their public-field values (and event years)
+    evc = [c for c in (ev_cols or []) if c in rel.columns]
+    rel_g = rel.group_by(fields + evc).agg(pl.len().alias("__cnt"), pl.col(pid).first().alias("__one"))
+    cand = keyed.join(rel_g, on=fields, how="inner", nulls_equal=True)
+    gkey = fields[:]
+    for c in evc:
+        rc = f"{c}_right" if c in keyed.columns else c
+        if c in keyed.columns:
+            # an event year in the release must agree with the public year
+            cand = cand.filter(pl.col(rc).is_null() | (pl.col(rc) == pl.col(c)))
+        gkey.append(rc)
+    # distinct release groups per public record; groups are disjoint, so counts add up
+    cand = cand.unique(subset=["__r", *gkey])
+    per = cand.group_by("__r").agg(pl.col("__cnt").sum().alias("n_cand"),
+                                   pl.col("__one").first().alias("first"),
+                                   pl.col("__true").first().alias("truth"))
+    unique = per.filter(pl.col("n_cand") == 1)
+    correct = int((unique["first"] == unique["truth"]).sum())
+    found = per.height
+    risk = (1.0 / per["n_cand"].cast(pl.Float64)).sum() if found else 0.0
+    return {"public_records": n, "with_candidates": found,
+            "unique_matches": unique.height, "correct_unique_matches": correct,
+            "reidentification_rate": round(correct / n, 5),
+            "false_unique_matches": unique.height - correct,
+            "median_candidates": float(per["n_cand"].median()) if found else None,
+            "min_candidates": int(per["n_cand"].min()) if found else None,
+            "expected_correct_guesses": round(float(risk), 2)}

@@ -1,0 +1,391 @@
+"""Leak scanner: counts, per detector and per column, of identifier-like values
+in every column of every Parquet file of a release directory.
+
+Detectors (zero expected on every column):
+
+- ``name``: whole words of >= 3 letters that are forenames/surnames of the
+  delivery (``input_vocab["names"]``), except words the rules themselves emit
+  (hierarchy labels, event types, ``scanner.allow_tokens``);
+- ``email``: anything shaped like an e-mail address, or equal to an input e-mail;
+- ``postcode``: a full UK unit postcode, or an input postcode (spaces ignored);
+- ``date_of_birth``: a day-precision date (Date/Datetime value, or a string in
+  ISO, d/m/y, DDMMYYYY, DMMYYYY or YYYYMMDD form) equal to an input date of
+  birth. A Date column whose values are all on the 1st of a month is month
+  precision and is not a DOB carrier;
+- ``gmc_number``: a free-standing 7-digit number (string or integer);
+- ``ucas_id``: a free-standing 10-digit number (optionally 3-3-4 hyphenated);
+- ``nhs_number``: 10 digits (optionally 3-3-4 spaced) with a valid mod-11 check digit;
+- ``identifier``: a value equal to an input identifier (>= 6 characters);
+- ``digest``: a hex (or base64) string equal, in full or as a >= 16-hex prefix,
+  to the MD5, SHA-1, SHA-256 or HMAC-SHA256 (with the key, if given) of an input
+  identifier, person id, e-mail or postcode, with or without a domain prefix
+  (``gmc|`` for 7 digits, ``ucas|`` for 10, ``person|`` otherwise);
+- ``restricted_value``: a value equal to a restricted-zone-only value passed in
+  (the internal person keys).
+
+Plus the schema allow-list: each table the rules know must have exactly the
+columns the rules release. Values are never reported, only counts.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import hashlib
+import hmac
+import re
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import polars as pl
+
+DETECTORS = ("name", "email", "postcode", "date_of_birth", "gmc_number", "ucas_id", "nhs_number",
+             "identifier", "digest", "restricted_value")
+
+NB = r"(?:^|[^A-Za-z0-9])"       # no alphanumeric before
+NA = r"(?:[^A-Za-z0-9]|$)"       # no alphanumeric after
+RE_EMAIL = r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}"
+RE_POSTCODE = (r"(?i)" + NB + r"(?:GIR ?0AA|[A-PR-UWYZ][A-HK-Y]?[0-9][0-9A-HJKMNPR-Y]? ?[0-9]"
+               r"[ABD-HJLNP-UW-Z]{2})" + NA)
+RE_GMC = NB + r"[0-9]{7}" + NA
+RE_TEN = NB + r"[0-9]{3}[ -]?[0-9]{3}[ -]?[0-9]{4}" + NA
+RE_TEN_EXTRACT = r"(?:^|[^A-Za-z0-9])([0-9]{3}[ -]?[0-9]{3}[ -]?[0-9]{4})(?:[^A-Za-z0-9]|$)"
+RE_HEX = r"[0-9a-fA-F]{16,}"
+RE_B64 = r"[A-Za-z0-9+/_\-]{22,}={0,2}"
+DATE_PATTERNS = [   # free-standing (not inside a longer alphanumeric token, e.g. a hex pseudonym)
+    (NB + r"([0-9]{4})-([0-9]{1,2})-([0-9]{1,2})" + NA, "ymd"),
+    (NB + r"([0-9]{1,2})[/.\-]([0-9]{1,2})[/.\-]([0-9]{4})" + NA, "dmy"),
+    (NB + r"([0-9]{1,2})([0-9]{2})([0-9]{4})" + NA, "dmy"),      # DDMMYYYY / DMMYYYY (LRMP)
+    (NB + r"([0-9]{4})([0-9]{2})([0-9]{2})" + NA, "ymd"),        # YYYYMMDD
+]
+DATE_RE = "|".join(p for p, _ in DATE_PATTERNS)
+PREFIX_HEX = 16
+
+
+def nhs_check_ok(digits: str) -> bool:
+    """NHS number mod-11 check (10 digits)."""
+    if len(digits) != 10 or not digits.isdigit():
+        return False
+    total = sum(int(d) * w for d, w in zip(digits[:9], range(10, 1, -1)))
+    check = 11 - total % 11
+    if check == 11:
+        check = 0
+    return check != 10 and check == int(digits[9])
+
+
+# ---------------------------------------------------------------------- vocabulary
+
+class Vocabulary:
+    """The delivery's identifying values, prepared for lookups. Lives in memory
+    inside the restricted zone only."""
+
+    def __init__(self, input_vocab: dict | None, *, key=None, extra_identifiers: Iterable[str] = (),
+                 restricted_values: Iterable[str] = (), allow_tokens: Iterable[str] = ()):
+        v = input_vocab or {}
+        self.has = {k: bool(v.get(k)) for k in ("names", "identifiers", "dates_of_birth", "postcodes", "emails")}
+        allow = {t.upper() for t in allow_tokens}
+        self.names = {str(n).upper() for n in v.get("names", ()) if n and len(str(n)) >= 3} - allow
+        ids = {str(i).strip() for i in v.get("identifiers", ()) if i is not None}
+        ids |= {str(i).strip() for i in extra_identifiers if i is not None}
+        self.identifiers = {i for i in ids if len(i) >= 6}
+        self.emails = {str(e).strip().lower() for e in v.get("emails", ()) if e}
+        self.postcodes = {re.sub(r"\s+", "", str(p)).upper() for p in v.get("postcodes", ()) if p}
+        self.dobs: set[dt.date] = set()
+        for d in v.get("dates_of_birth", ()):
+            if isinstance(d, dt.datetime):
+                self.dobs.add(d.date())
+            elif isinstance(d, dt.date):
+                self.dobs.add(d)
+            elif isinstance(d, str):
+                try:
+                    self.dobs.add(dt.date.fromisoformat(d[:10]))
+                except ValueError:
+                    pass
+        self.restricted = {str(x) for x in restricted_values if x}
+        # polars Series built once (is_in on a Python set per column is slow)
+        self.s_names = pl.Series(sorted(self.names), dtype=pl.String)
+        self.s_ids = pl.Series(sorted(self.identifiers), dtype=pl.String)
+        self.s_emails = pl.Series(sorted(self.emails), dtype=pl.String)
+        self.s_postcodes = pl.Series(sorted(self.postcodes), dtype=pl.String)
+        self.s_restricted = pl.Series(sorted(self.restricted), dtype=pl.String)
+        self.s_dobs = pl.Series(sorted(self.dobs), dtype=pl.Date)
+        self.digest_prefixes = self._digests(ids | self.emails | self.postcodes, key)
+
+    @staticmethod
+    def _digests(values: set[str], key) -> np.ndarray:
+        """Sorted uint64 of the first 8 bytes of every digest of every value:
+        MD5, SHA-1, SHA-256 and (with the key) HMAC-SHA256 of the value, and
+        SHA-256 / HMAC of it under the domain prefix its shape suggests
+        (gmc| for 7 digits, ucas| for 10 digits, person| otherwise)."""
+        out = bytearray()
+        secret = key._secret if key is not None else None  # noqa: SLF001
+        sha256, md5, sha1, hd = hashlib.sha256, hashlib.md5, hashlib.sha1, hmac.digest
+        for v in values:
+            b = v.encode()
+            dom = b"gmc|" if (len(v) == 7 and v.isdigit()) else (b"ucas|" if (len(v) == 10 and v.isdigit())
+                                                                 else b"person|")
+            out += sha256(b).digest()[:8]
+            out += md5(b).digest()[:8]
+            out += sha1(b).digest()[:8]
+            out += sha256(dom + b).digest()[:8]
+            if secret is not None:
+                out += hd(secret, b, "sha256")[:8]
+                out += hd(secret, dom + b, "sha256")[:8]
+        if not out:
+            return np.zeros(0, dtype=np.uint64)
+        arr = np.sort(np.frombuffer(bytes(out), dtype=">u8").astype(np.uint64))
+        return arr[np.concatenate(([True], arr[1:] != arr[:-1]))]
+
+    def digest_hit_ints(self, arr: np.ndarray) -> np.ndarray:
+        if arr.size == 0 or self.digest_prefixes.size == 0:
+            return np.zeros(arr.size, dtype=bool)
+        idx = np.searchsorted(self.digest_prefixes, arr)
+        idx[idx >= self.digest_prefixes.size] = 0
+        return self.digest_prefixes[idx] == arr
+
+    def digest_hit(self, hexes: list[str]) -> np.ndarray:
+        if not hexes or self.digest_prefixes.size == 0:
+            return np.zeros(len(hexes), dtype=bool)
+        arr = np.array([int(h[:PREFIX_HEX], 16) for h in hexes], dtype=np.uint64)
+        idx = np.searchsorted(self.digest_prefixes, arr)
+        idx[idx >= self.digest_prefixes.size] = 0
+        return self.digest_prefixes[idx] == arr
+
+
+# ---------------------------------------------------------------------- per column
+
+def _isin(small: pl.Series, big: pl.Series) -> pl.Series:
+    """small.is_in(big), hashing the smaller side (a column's distinct values
+    against a vocabulary of hundreds of thousands)."""
+    if big.len() > 4 * max(small.len(), 1):
+        big = big.filter(big.is_in(small.unique().drop_nulls()))
+    return small.is_in(big)
+
+
+def _empty_counts() -> dict[str, int]:
+    return {d: 0 for d in DETECTORS}
+
+
+def _parse_dates(s: str) -> list[dt.date]:
+    out = []
+    for pat, order in DATE_PATTERNS:
+        for m in re.finditer(pat, s):
+            a, b, c = (int(x) for x in m.groups())
+            y, mo, d = (a, b, c) if order == "ymd" else (c, b, a)
+            try:
+                out.append(dt.date(y, mo, d))
+            except ValueError:
+                pass
+    return out
+
+
+def scan_strings(uniq: pl.DataFrame, vocab: Vocabulary) -> dict[str, int]:
+    """uniq: columns v (String, non-null unique values) and n (row count)."""
+    c = _empty_counts()
+    if uniq.height == 0:
+        return c
+    v = pl.col("v")
+
+    def count(mask: pl.Series) -> int:
+        return int(uniq.get_column("n").filter(mask).sum())
+
+    flags = uniq.select(
+        v.str.contains(RE_EMAIL).alias("email"),
+        v.str.contains(RE_POSTCODE).alias("postcode"),
+        v.str.contains(RE_GMC).alias("gmc"),
+        v.str.contains(RE_TEN).alias("ten"),
+        v.str.contains(RE_HEX).alias("hex"),
+        v.str.contains(RE_B64).alias("b64"),
+        v.str.contains(DATE_RE).alias("datey"),
+        v.str.contains(r"^[0-9a-fA-F]{16,}$").alias("fullhex"),
+    )
+    vals = uniq.get_column("v")
+    norm = vals.str.strip_chars()
+    # e-mails and postcodes (pattern or vocabulary)
+    email = flags["email"]
+    if vocab.emails:
+        email = email | _isin(norm.str.to_lowercase(), vocab.s_emails)
+    c["email"] = count(email)
+    pc = flags["postcode"]
+    if vocab.postcodes:
+        pc = pc | _isin(norm.str.replace_all(r"\s+", "").str.to_uppercase(), vocab.s_postcodes)
+    c["postcode"] = count(pc)
+    c["gmc_number"] = count(flags["gmc"])
+    # ten-digit numbers: UCAS-like always, NHS when the check digit is valid
+    if flags["ten"].any():
+        sub = uniq.filter(flags["ten"])
+        ten = sub.get_column("v").str.extract_all(RE_TEN_EXTRACT).to_list()
+        nhs = []
+        for items in ten:
+            ok = False
+            for it in items or []:
+                d = re.sub(r"[^0-9]", "", it)
+                ok = ok or nhs_check_ok(d)
+            nhs.append(ok)
+        c["ucas_id"] = int(sub.get_column("n").sum())
+        c["nhs_number"] = int(sub.get_column("n").filter(pl.Series(nhs, dtype=pl.Boolean)).sum())
+    # names: whole alphabetic words of >= 3 letters
+    if vocab.names:
+        words = (uniq.with_row_index("__r")
+                     .select("__r", v.str.to_uppercase().str.extract_all(r"[A-Z0-9]+").alias("w"))
+                     .explode("w")
+                     .filter(pl.col("w").str.contains(r"^[A-Z]{3,}$")))
+        if words.height:
+            hit_rows = words.filter(_isin(words.get_column("w"), vocab.s_names)).get_column("__r").unique()
+            mask = pl.Series([False] * uniq.height).scatter(hit_rows.to_list(), True) if hit_rows.len() else None
+            if mask is not None:
+                c["name"] = count(mask)
+    # dates of birth
+    if vocab.dobs and flags["datey"].any():
+        sub = uniq.filter(flags["datey"])
+        n_hit = 0
+        for s, n in sub.select("v", "n").iter_rows():
+            if any(d in vocab.dobs for d in _parse_dates(s)):
+                n_hit += n
+        c["date_of_birth"] = n_hit
+    # identifiers verbatim (also digits-only forms)
+    if vocab.identifiers:
+        ident = _isin(norm, vocab.s_ids) | _isin(norm.str.replace_all(r"[^0-9A-Za-z]", ""), vocab.s_ids)
+        c["identifier"] = count(ident)
+    if vocab.restricted:
+        c["restricted_value"] = count(_isin(norm, vocab.s_restricted))
+    # digests: whole-hex values vectorised (first 16 hex = 64 bits), the rest one by one
+    if vocab.digest_prefixes.size and (flags["hex"].any() or flags["b64"].any()):
+        n_hit = 0
+        full = uniq.filter(flags["fullhex"])
+        if full.height:
+            hi = full.get_column("v").str.slice(0, 8).str.to_integer(base=16).cast(pl.UInt64).to_numpy()
+            lo = full.get_column("v").str.slice(8, 8).str.to_integer(base=16).cast(pl.UInt64).to_numpy()
+            hit = vocab.digest_hit_ints((hi << np.uint64(32)) | lo)
+            n_hit += int(full.get_column("n").to_numpy()[hit].sum())
+        rest = uniq.filter((flags["hex"] | flags["b64"]) & ~flags["fullhex"])
+        for s_, n in rest.select("v", "n").iter_rows():
+            cands = re.findall(RE_HEX, s_)
+            for b in re.findall(RE_B64, s_):
+                try:
+                    raw = base64.b64decode(b.replace("-", "+").replace("_", "/") + "=" * (-len(b) % 4))
+                    if len(raw) >= 8:
+                        cands.append(raw.hex())
+                except (binascii.Error, ValueError):
+                    pass
+            if cands and vocab.digest_hit([h.lower() for h in cands]).any():
+                n_hit += n
+        c["digest"] = n_hit
+    return c
+
+
+def scan_column(s: pl.Series, vocab: Vocabulary) -> tuple[dict[str, int], str | None]:
+    """Counts for one column; second item says why a dtype was not scanned."""
+    c = _empty_counts()
+    s = s.drop_nulls()
+    if s.len() == 0:
+        return c, None
+    dt_ = s.dtype
+    if dt_ == pl.Boolean:
+        return c, None
+    if dt_ in (pl.Date, pl.Datetime):
+        d = s.cast(pl.Date) if dt_ == pl.Datetime else s
+        month_precision = bool((d.dt.day() == 1).all())
+        if vocab.dobs and not month_precision:
+            c["date_of_birth"] = int(_isin(d, vocab.s_dobs).sum())
+        return c, None
+    if dt_.is_integer():
+        x = s.cast(pl.Int64)
+        c["gmc_number"] = int(((x >= 1_000_000) & (x <= 9_999_999)).sum())
+        ten = x.filter((x >= 100_000_000) & (x <= 9_999_999_999))
+        c["ucas_id"] = int(((x >= 1_000_000_000) & (x <= 9_999_999_999)).sum())
+        c["nhs_number"] = int(sum(nhs_check_ok(f"{int(t):010d}") for t in ten.to_list()))
+        strs = x.cast(pl.String)
+        if vocab.identifiers:
+            c["identifier"] = int(_isin(strs, vocab.s_ids).sum())
+        if vocab.dobs:
+            c["date_of_birth"] = sum(any(d in vocab.dobs for d in _parse_dates(t))
+                                     for t in strs.filter(strs.str.len_chars().is_between(7, 8)).to_list())
+        return c, None
+    if dt_.is_float():
+        x = s.filter(s.is_finite() & (s == s.round(0))).cast(pl.Int64)
+        c["gmc_number"] = int(((x >= 1_000_000) & (x <= 9_999_999)).sum())
+        c["ucas_id"] = int(((x >= 1_000_000_000) & (x <= 9_999_999_999)).sum())
+        return c, None
+    if dt_ == pl.Binary:
+        hexes = s.bin.encode("hex").to_list()
+        c["digest"] = int(vocab.digest_hit(hexes).sum())
+        return c, None
+    if dt_ in (pl.String, pl.Categorical) or isinstance(dt_, pl.Enum):
+        uniq = s.cast(pl.String).value_counts(name="n").rename({s.name: "v"})
+        return scan_strings(uniq, vocab), None
+    if isinstance(dt_, (pl.List, pl.Array, pl.Struct)):
+        try:
+            flat = s.cast(pl.String) if not isinstance(dt_, pl.Struct) else s.struct.json_encode()
+        except Exception:  # noqa: BLE001
+            return c, f"dtype {dt_} not scanned"
+        uniq = flat.value_counts(name="n").rename({flat.name: "v"})
+        return scan_strings(uniq, vocab), None
+    return c, f"dtype {dt_} not scanned"
+
+
+# ---------------------------------------------------------------------- release
+
+def scan_release(release_dir: str | Path, input_vocab: dict | None = None, *, rules=None, key=None,
+                 extra_identifiers: Iterable[str] = (), restricted_values: Iterable[str] = ()) -> dict[str, Any]:
+    """Scan every column of every Parquet file under `release_dir`.
+
+    Returns ``{"counts": {detector: {"table.column": n}}, "totals": {detector: n},
+    "total": n, "clean": bool, "allow_list": {...}, "not_run": {...}, ...}``.
+    """
+    release_dir = Path(release_dir)
+    allow_tokens = rules.label_tokens() if rules is not None else set()
+    vocab = Vocabulary(input_vocab, key=key, extra_identifiers=extra_identifiers,
+                       restricted_values=restricted_values, allow_tokens=allow_tokens)
+    counts: dict[str, dict[str, int]] = {d: {} for d in DETECTORS}
+    rows, skipped, columns = {}, {}, []
+    tables: dict[str, list[str]] = {}
+    for p in sorted(release_dir.rglob("*.parquet")):
+        if p.name.startswith("."):
+            continue
+        tname = p.relative_to(release_dir).with_suffix("").as_posix()
+        df = pl.read_parquet(p)
+        rows[tname] = df.height
+        tables[tname] = df.columns
+        for col in df.columns:
+            name = f"{tname}.{col}"
+            columns.append(name)
+            c, why = scan_column(df.get_column(col), vocab)
+            for d in DETECTORS:
+                counts[d][name] = c[d]
+            if why:
+                skipped[name] = why
+    totals = {d: sum(counts[d].values()) for d in DETECTORS}
+    allow = allow_list_check(tables, rules)
+    not_run = {}
+    if not vocab.has["names"]:
+        not_run["name"] = "no name vocabulary supplied"
+    if not vocab.dobs:
+        not_run["date_of_birth"] = "no dates of birth supplied"
+    if not vocab.identifiers and not vocab.digest_prefixes.size:
+        not_run["identifier"] = not_run["digest"] = "no identifiers supplied"
+    total = sum(totals.values())
+    return {"detectors": list(DETECTORS), "counts": counts, "totals": totals, "total": total,
+            "columns_scanned": len(columns), "rows": rows, "not_scanned": skipped,
+            "not_run": not_run, "allow_list": allow,
+            "vocabulary_sizes": {"names": len(vocab.names), "identifiers": len(vocab.identifiers),
+                                 "dates_of_birth": len(vocab.dobs), "postcodes": len(vocab.postcodes),
+                                 "emails": len(vocab.emails), "digest_prefixes": int(vocab.digest_prefixes.size)},
+            "clean": total == 0 and allow["ok"]}
+
+
+def allow_list_check(tables: dict[str, list[str]], rules) -> dict:
+    if rules is None:
+        return {"checked": False, "ok": True, "unexpected": [], "missing": [], "unlisted_tables": []}
+    allowed = rules.allow_list()
+    unexpected, missing, unlisted = [], [], []
+    for t, cols in tables.items():
+        if t not in allowed:
+            unlisted.append(t)
+            continue
+        unexpected += [f"{t}.{c}" for c in cols if c not in allowed[t]]
+        missing += [f"{t}.{c}" for c in allowed[t] if c not in cols]
+    return {"checked": True, "ok": not unexpected, "unexpected": unexpected, "missing": missing,
+            "unlisted_tables": unlisted, "allowed": allowed}
