@@ -21,7 +21,7 @@ import yaml
 
 from etl.errors import GateFailed
 from etl.paths import CONTRACTS_DIR, EXPECTATIONS_DIR, REFERENCE_DIR
-from etl.quality import SuiteError, reconcile, run_gate
+from etl.quality import SuiteError, format_accounting, reconcile, run_gate
 from etl.quality import build_suites
 from etl.quality import suites as S
 from etl.quality.docs import remote_resources
@@ -377,6 +377,20 @@ def test_release_gate_checks_exact_columns_and_suppression_marker():
     assert "missing=" not in res.summary_line() and "unexpected=['date_of_birth']" in res.summary_line()
 
 
+def test_release_events_gate():
+    n = 50
+    events = pl.DataFrame({"doctor_pid": [secrets.token_hex(16) for _ in range(n)],
+                           "event_type": ["arcp_f1"] * n,
+                           "event_year": pl.Series([2019] * n, dtype=pl.Int16),
+                           "detail": ["1"] * (n - 1) + ["seen at SW1A 1AA"]})
+    ok = run_gate(["release_events"], events.head(n - 1), docs_dir=None,
+                  params={"release_columns": events.columns})
+    assert ok.success, ok.summary_line()
+    bad = run_gate(["release_events"], events, docs_dir=None, params={"release_columns": events.columns})
+    assert [(f["expectation"], f["column"], f["unexpected_count"]) for f in bad.failures] == [
+        ("expect_column_values_to_not_look_like_uk_postcode", "detail", 1)]
+
+
 def test_release_params_follow_the_rules_file():
     from etl.paths import RULES_DIR
     from etl.quality.release import release_params as from_rules
@@ -493,6 +507,9 @@ def test_reconcile_raises_when_rows_are_lost_between_stages(accounting_inputs):
         reconcile(summaries, clusters, None)
     t = reconcile(summaries, clusters, None, raise_on_failure=False)
     assert t.filter(pl.col("source") == "admission")["reconciled"].to_list() == [False]
+    text = format_accounting(t)
+    assert text.splitlines()[0].split()[:3] == ["source", "rows_in", "quarantined"]
+    assert "admission quarantined: date_of_birth: not a date=2" in text
 
 
 # --------------------------------------------------------------------------- detectors
