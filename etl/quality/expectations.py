@@ -40,6 +40,25 @@ from great_expectations.expectations.metrics.map_metric_provider import (
 )
 from great_expectations.expectations.metrics.metric_provider import metric_value
 from great_expectations.expectations.metrics.table_metric_provider import TableMetricProvider
+from great_expectations.render import LegacyRendererType, RenderedStringTemplateContent
+from great_expectations.render.renderer.renderer import renderer
+
+
+def _says(template: str):
+    """A Data Docs sentence for a custom expectation ($names are its kwargs)."""
+    names = set(re.findall(r"\$(\w+)", template))
+
+    @renderer(renderer_type=LegacyRendererType.PRESCRIPTIVE)
+    def _prescriptive_renderer(cls, configuration=None, result=None, runtime_configuration=None, **kwargs):
+        cfg = configuration or (result.expectation_config if result is not None else None)
+        kw = dict(cfg.kwargs) if cfg is not None else {}
+        params = {n: (", ".join(map(str, kw[n])) if isinstance(kw.get(n), (list, tuple)) else kw.get(n))
+                  for n in names}
+        styling = (runtime_configuration or {}).get("styling", {})
+        return [RenderedStringTemplateContent(content_block_type="string_template", string_template={
+            "template": template, "params": params, "styling": styling})]
+
+    return classmethod(_prescriptive_renderer)
 
 # --------------------------------------------------------------------------- detectors
 # Each detector takes a column (nulls already removed by GX) and returns a
@@ -183,36 +202,42 @@ for _k in DETECTORS:
 
 class ExpectColumnValuesToNotLookLikeEmail(ColumnMapExpectation):
     """No value contains an e-mail address."""
+    _prescriptive_renderer = _says("values must not contain an e-mail address.")
     map_metric: ClassVar[str] = "column_values.medlink_not_email"
     success_keys: ClassVar[Tuple[str, ...]] = ("mostly",)
 
 
 class ExpectColumnValuesToNotLookLikeUkPostcode(ColumnMapExpectation):
     """No value contains a UK postcode (full unit postcode, any case)."""
+    _prescriptive_renderer = _says("values must not contain a UK postcode.")
     map_metric: ClassVar[str] = "column_values.medlink_not_uk_postcode"
     success_keys: ClassVar[Tuple[str, ...]] = ("mostly",)
 
 
 class ExpectColumnValuesToNotLookLikeGmcNumber(ColumnMapExpectation):
     """No value contains a 7-digit number (text) or is a 7-digit integer."""
+    _prescriptive_renderer = _says("values must not contain a 7-digit (GMC-like) number.")
     map_metric: ClassVar[str] = "column_values.medlink_not_gmc_number"
     success_keys: ClassVar[Tuple[str, ...]] = ("mostly",)
 
 
 class ExpectColumnValuesToNotLookLikeUcasId(ColumnMapExpectation):
     """No value contains a 10-digit number (also 123-456-7890) or is a 9-10 digit integer."""
+    _prescriptive_renderer = _says("values must not contain a 10-digit (UCAS-like) number.")
     map_metric: ClassVar[str] = "column_values.medlink_not_ucas_id"
     success_keys: ClassVar[Tuple[str, ...]] = ("mostly",)
 
 
 class ExpectColumnValuesToNotLookLikeNhsNumber(ColumnMapExpectation):
     """No value contains a 10-digit number that passes the NHS modulus-11 check."""
+    _prescriptive_renderer = _says("values must not contain a valid NHS number (modulus-11 check).")
     map_metric: ClassVar[str] = "column_values.medlink_not_nhs_number"
     success_keys: ClassVar[Tuple[str, ...]] = ("mostly",)
 
 
 class ExpectColumnValuesToNotLookLikeFullDate(ColumnMapExpectation):
     """No value is a full (day-precision) date: ISO 2001-02-03, 03/02/2001, or a date/datetime column."""
+    _prescriptive_renderer = _says("values must not be or contain a full date.")
     map_metric: ClassVar[str] = "column_values.medlink_not_full_date"
     success_keys: ClassVar[Tuple[str, ...]] = ("mostly",)
 
@@ -255,6 +280,7 @@ class ExpectColumnCombinationToBeKAnonymous(MulticolumnMapExpectation):
     whose quasi-identifiers are all `suppression_marker` (locally suppressed:
     it reveals none of them) passes; "" means no marker.
     """
+    _prescriptive_renderer = _says("each combination of $column_list must be shared by at least $k rows (rows whose values are all '$suppression_marker' excepted).")
     column_list: List[str]
     k: int = pydantic.Field(ge=1)
     suppression_marker: str
@@ -291,6 +317,7 @@ class ExpectIngestedRecordsToAppearOnceInClusters(MulticolumnMapExpectation):
     column_list is [source, record_id, person_id, in_ingest]; unexpected rows
     are records lost by linkage (no person), duplicated, or invented.
     """
+    _prescriptive_renderer = _says("every ingested record must appear in clusters exactly once, and clusters must hold no other record ($column_list).")
     column_list: List[str]
     map_metric: ClassVar[str] = "multicolumn_values.medlink_record_once_in_clusters"
     success_keys: ClassVar[Tuple[str, ...]] = ("mostly",)
@@ -318,6 +345,7 @@ class ExpectClusterSizesToBeBetween(ColumnMapExpectation):
     """Each person (value of `column`) holds between min_value and max_value
     records; unexpected rows are the records in clusters outside the bounds
     (a chain of hundreds of records is an over-merge)."""
+    _prescriptive_renderer = _says("each $column must hold between $min_value and $max_value records.")
     min_value: int = pydantic.Field(ge=1)
     max_value: int = pydantic.Field(ge=1)
     map_metric: ClassVar[str] = "column_values.medlink_cluster_size_between"
@@ -351,6 +379,7 @@ class ExpectLinkRateToBeBetween(BatchExpectation):
     `to_source` record lies in [min_value, max_value]. unexpected_count is the
     number of `from_source` records NOT linked, so a reader sees the size of
     the gap as well as the rate."""
+    _prescriptive_renderer = _says("the share of $from_source records whose person has a $to_source record must be between $min_value and $max_value.")
     source_column: str
     person_column: str
     from_source: str
@@ -422,6 +451,7 @@ class ExpectColumnDtypeToBeInSet(BatchExpectation):
     """The column's dtype, as written by the pipeline (polars names: String,
     Int64, Float64, Date, Boolean ...), is one of `dtypes`. The observed value
     is the dtype name (never data); a missing column fails."""
+    _prescriptive_renderer = _says("$column must have a dtype in: $dtypes.")
     column: str
     dtypes: List[str]
 
@@ -445,6 +475,7 @@ class ExpectQuarantineToReconcile(BatchExpectation):
     (row_count + rows_quarantined == rows_in), and the quarantined share is at
     most max_share. rows_in and rows_quarantined come from the ingest summary
     as gate params; unexpected_count is the number of quarantined rows."""
+    _prescriptive_renderer = _says("ingested rows plus $rows_quarantined quarantined must equal $rows_in delivered, with at most $max_share of them quarantined.")
     rows_in: int = pydantic.Field(ge=0)
     rows_quarantined: int = pydantic.Field(ge=0)
     max_share: float = pydantic.Field(ge=0, le=1)
