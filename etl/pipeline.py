@@ -148,9 +148,12 @@ def release_gate(cfg: Config, run_id: str, protect_summary: dict) -> dict:
     rules = load_rules(cfg.governance["rules"])
     res = run_gate(["release"], stage / "doctors.parquet", docs_dir=stage / "data_docs",
                    params=release_params(rules, stage), data_asset_name="release_doctors")
-    summary = {"gate": "release", **res.to_dict()}
+    ev = run_gate(["release_events"], stage / "events.parquet", docs_dir=stage / "data_docs",
+                  params=release_params(rules, stage, table="events"), data_asset_name="release_events")
+    summary = {"gate": "release", **res.to_dict(), "events": ev.to_dict()}
     (stage / "gate_results.json").write_text(json.dumps(summary, indent=2, default=str))
     res.raise_for_failure()
+    ev.raise_for_failure()
     return _timed(summary, t0)
 
 
