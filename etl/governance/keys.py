@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import datetime as dt
 import hashlib
 import hmac
@@ -111,12 +110,14 @@ def _decode(text: str, where: str) -> bytes:
         b = bytes.fromhex(t)
     else:
         try:
-            b = base64.b64decode(t + "=" * (-len(t) % 4), validate=True)
-        except (binascii.Error, ValueError):
-            try:
+            if re.fullmatch(r"[A-Za-z0-9+/]+=*", t):
+                b = base64.b64decode(t + "=" * (-len(t) % 4))
+            elif re.fullmatch(r"[A-Za-z0-9_\-]+=*", t):
                 b = base64.urlsafe_b64decode(t + "=" * (-len(t) % 4))
-            except (binascii.Error, ValueError):
-                raise GovernanceError(f"{where}: the key is neither hex nor base64") from None
+            else:
+                raise ValueError
+        except ValueError:          # binascii.Error included
+            raise GovernanceError(f"{where}: the key is neither hex nor base64") from None
     if len(b) < MIN_BYTES:
         raise GovernanceError(f"{where}: the key is {len(b) * 8} bits; at least {MIN_BYTES * 8} are required")
     return b

@@ -306,12 +306,12 @@ def protect(doctors_path: str | Path, events_path: str | Path, rules: Rules, key
     # consistency of pseudonyms within the release, and against the previous one
     pid = rules.pseudonym_output
     pchecks = {"unique_in_doctors": rel_d.get_column(pid).n_unique() == rel_d.height,
-               "events_pids_in_doctors": bool(rel_e is None or rel_e.get_column(pid).is_in(rel_d.get_column(pid)).all())}
+               "events_pids_in_doctors": bool(rel_e is None or rel_e.get_column(pid).is_in(rel_d.get_column(pid).implode()).all())}
     prev = Path(previous_release_dir) if previous_release_dir else None
     if prev and (prev / "doctors.parquet").exists():
         try:
             old = pl.read_parquet(prev / "doctors.parquet", columns=[pid]).get_column(pid)
-            pchecks["overlap_with_previous_release"] = int(rel_d.get_column(pid).is_in(old).sum())
+            pchecks["overlap_with_previous_release"] = int(rel_d.get_column(pid).is_in(old.implode()).sum())
         except (pl.exceptions.ColumnNotFoundError, OSError):
             pchecks["overlap_with_previous_release"] = None
     pinfo.update(pchecks)

@@ -160,8 +160,8 @@ def _isin(small: pl.Series, big: pl.Series) -> pl.Series:
     """small.is_in(big), hashing the smaller side (a column's distinct values
     against a vocabulary of hundreds of thousands)."""
     if big.len() > 4 * max(small.len(), 1):
-        big = big.filter(big.is_in(small.unique().drop_nulls()))
-    return small.is_in(big)
+        big = big.filter(big.is_in(small.unique().drop_nulls().implode()))
+    return small.is_in(big.implode())
 
 
 def _empty_counts() -> dict[str, int]:

@@ -155,22 +155,28 @@ def _secondary(grid: _Grid, supp: np.ndarray, structural: np.ndarray, log: dict,
                 if cands:
                     supp[cands[0]] = secondary[cands[0]] = True
                     changed = True
-    # b. linear audit
+    # b. linear audit: while a suppressed cell is determined, suppress another
+    # cell of its lines (one that frees it if there is one, else the smallest)
     unprotectable: set[int] = set()
     for _ in range(grid.values.size):
         exposed = [c for c in _nullspace_exposed(grid, supp) if c not in unprotectable]
         if not exposed:
             break
         c = exposed[0]
-        for cand in candidates(c):
-            supp[cand] = True
-            if c not in _nullspace_exposed(grid, supp):
-                secondary[cand] = True
-                break
-            supp[cand] = False
-        else:
+        cands = candidates(c)
+        if not cands:
             unprotectable.add(c)
-    # c. bounds audit (non-negativity), when scipy is there
+            continue
+        chosen = cands[0]
+        for cand in cands:
+            supp[cand] = True
+            freed = c not in _nullspace_exposed(grid, supp)
+            supp[cand] = False
+            if freed:
+                chosen = cand
+                break
+        supp[chosen] = secondary[chosen] = True
+    # c. bounds audit (non-negativity), when scipy is there: same remedy
     pinned_left: list[int] = []
     bounds_run = False
     if supp.sum() <= max_lp_cells:
@@ -183,26 +189,31 @@ def _secondary(grid: _Grid, supp: np.ndarray, structural: np.ndarray, log: dict,
             if not pinned:
                 break
             c = pinned[0]
-            for cand in candidates(c):
+            cands = candidates(c)
+            if not cands:
+                unprotectable.add(c)
+                continue
+            chosen = cands[0]
+            for cand in cands:
                 supp[cand] = True
                 bb = _bounds(grid, supp, [c])
-                if bb and c in bb and bb[c][1] - bb[c][0] >= 0.5:
-                    secondary[cand] = True
-                    break
                 supp[cand] = False
-            else:
-                unprotectable.add(c)
+                if bb and c in bb and bb[c][1] - bb[c][0] >= 0.5:
+                    chosen = cand
+                    break
+            supp[chosen] = secondary[chosen] = True
         if bounds_run:
             b = _bounds(grid, supp, [int(i) for i in np.flatnonzero(supp)]) or {}
             pinned_left = [c for c, (lo, hi) in b.items() if hi - lo < 0.5]
+    final_exposed = set(_nullspace_exposed(grid, supp))
     log["audit"] = {
         "attacker": "knows every margin and every published cell, unrounded",
-        "linear": "no suppressed cell is determined by the margins"
-                  if not _nullspace_exposed(grid, supp) else "some suppressed cells are determined (see unprotectable)",
+        "linear": "no suppressed cell is determined by the margins" if not final_exposed
+                  else f"{len(final_exposed)} suppressed cell(s) determined by the margins (a line of one cell)",
         "bounds": ("not run (scipy unavailable or too many cells)" if not bounds_run else
                    ("every suppressed cell has a feasible range wider than one" if not pinned_left else
                     f"{len(pinned_left)} suppressed cell(s) pinned by non-negativity (a margin below the threshold)")),
-        "unprotectable_cells": len(unprotectable | set(pinned_left)),
+        "unprotectable_cells": len(final_exposed | set(pinned_left)),
     }
     log["_secondary_mask"] = secondary
     return supp
@@ -271,7 +282,7 @@ def disclosure_control(table: pl.DataFrame, count_columns: list[str] | str, rule
     else:
         log["secondary"] = 0
         log["audit"] = {"linear": "not run (secondary suppression off)" if not cfg["secondary_suppression"]
-                        else "nothing suppressed"}
+                        else "nothing suppressed", "unprotectable_cells": 0 if not primary.any() else None}
     log["suppressed"] = int(supp.sum())
     log["suppressed_cells"] = log["suppressed"]
 
