@@ -148,7 +148,10 @@ def main() -> None:
     tag = a.dataset if a.dataset == "febrl4" else f"{a.dataset}-{a.n}-s{a.seed}"
     data = prepare(a.dataset, a.n, a.seed, a.data or REPO / "bench" / "data" / tag)
     by = [] if a.dataset == "febrl4" else ["group", "sex"]
-    results = {}
+    res_file = REPO / "bench" / "results" / f"{tag}.json"
+    # tools not re-run keep their earlier results (so tools can be run one at a time)
+    results = json.loads(res_file.read_text()) if res_file.exists() else {}
+    results = {k: v for k, v in results.items() if k not in a.tools.split(",")}
     for tool in a.tools.split(","):
         runs = []
         for r in range(a.repeats):
@@ -163,6 +166,8 @@ def main() -> None:
         if runs:
             results[tool] = {"runs": runs, "wall_median": statistics.median(x["wall"] for x in runs),
                              "rss_median": statistics.median(x["rss_mib"] for x in runs)}
+    order = ["medlink", "splink", "ecm"]
+    results = {k: results[k] for k in sorted(results, key=lambda k: order.index(k) if k in order else 9)}
     # ---- table
     print(f"\n{tag}: median of {a.repeats} run(s); wall includes imports; pairwise accuracy per source pair")
     print(f"{'tool':<9}{'wall s':>8}{'RSS MiB':>9}  {'task':<26}{'precision':>10}{'recall':>9}{'F1':>9}")
@@ -189,9 +194,8 @@ def main() -> None:
         m, s = results["medlink"], results["splink"]
         print(f"\nmedlink/splink: time {m['wall_median'] / s['wall_median']:.3f}, "
               f"memory {m['rss_median'] / s['rss_median']:.3f}")
-    res_dir = REPO / "bench" / "results"
-    res_dir.mkdir(parents=True, exist_ok=True)
-    (res_dir / f"{tag}.json").write_text(json.dumps(results, indent=1, default=str))
+    res_file.parent.mkdir(parents=True, exist_ok=True)
+    res_file.write_text(json.dumps(results, indent=1, default=str))
 
 
 if __name__ == "__main__":

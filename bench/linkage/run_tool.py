@@ -51,7 +51,8 @@ def _splink_frames(dataset: str, data: Path):
                                              ignore_nulls=True).str.split(" ").list.sort().list.join(" ")
                                .alias("name_tokens"))
         if "date_of_birth" in f.columns and f.schema["date_of_birth"] == pl.Date:
-            f = f.with_columns(pl.col("date_of_birth").dt.year().alias("yob"))
+            f = f.with_columns(pl.col("date_of_birth").dt.year().alias("yob"),
+                               pl.col("date_of_birth").dt.strftime("%m-%d").alias("month_day"))
         if "dob" in f.columns:
             f = f.with_columns(pl.col("dob").str.slice(0, 4).alias("yob"))
         f = f.with_columns(pl.col("surname").str.slice(0, 1).alias("sn_init"),
@@ -92,8 +93,12 @@ def run_splink(dataset: str, data: Path, out: Path) -> dict:
             cl.ExactMatch("sex"),
             cl.PostcodeComparison("postcode"),
         ]
-        rules = [block_on("first_name", "surname"), block_on("date_of_birth", "first_name"),
-                 block_on("date_of_birth", "surname"), block_on("surname", "yob", "fn_init"),
+        if dataset == "people":
+            comparisons.append(cl.JaroWinklerAtThresholds("other_names", [0.9])
+                               .configure(term_frequency_adjustments=True))
+        rules = [block_on("first_name", "surname", "yob"), block_on("first_name", "surname", "month_day"),
+                 block_on("date_of_birth", "first_name"),
+                 block_on("date_of_birth", "surname"),
                  block_on("yob", "name_tokens"), block_on("date_of_birth", "postcode")]
         det_rules = [block_on("first_name", "surname", "date_of_birth")]
         em_rules = [block_on("date_of_birth"), block_on("first_name", "surname")]

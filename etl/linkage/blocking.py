@@ -62,8 +62,8 @@ def key_expr(rec: Records, k: BlockKey) -> pl.Expr:
     if t == "digits":
         return s.str.replace_all(r"\D", "")
     if t in ("area", "district", "sector"):
-        pc = s.str.to_uppercase().str.replace_all(r"\s+", "")
-        outward = pc.str.slice(0, pc.str.len_chars() - 3)
+        pc = s.str.to_uppercase().str.replace_all(" ", "", literal=True)
+        outward = pc.str.head(-3)
         if t == "district":
             return outward
         if t == "sector":
@@ -92,11 +92,15 @@ def record_keys(rec: Records, rule: BlockRule) -> np.ndarray:
         return rec._cache[cache_key]
     parts = []
     for k in rule.keys:
-        s = rec.df.select(key_expr(rec, k).alias("v")).to_series()
-        if k.transform in _PHONETIC:
-            s = _phonetic(s, k.transform)
-        s = pl.select(pl.when(s.str.len_chars() > 0).then(s)).to_series()
-        parts.append(s.alias(f"k{len(parts)}"))
+        pkey = f"blockpart:{k.describe()}"
+        if pkey not in rec._cache:
+            s = rec.df.select(key_expr(rec, k).alias("v")).to_series()
+            if k.transform in _PHONETIC:
+                s = _phonetic(s, k.transform)
+            if s.dtype != pl.String:
+                s = s.cast(pl.String)
+            rec._cache[pkey] = pl.select(pl.when(s.str.len_chars() > 0).then(s)).to_series()
+        parts.append(rec._cache[pkey].alias(f"k{len(parts)}"))
     frame = pl.DataFrame(parts)
     anynull = frame.select(pl.any_horizontal(pl.all().is_null())).to_series().to_numpy()
     h = frame.select(pl.struct(pl.all()).hash(seed=7)).to_series().to_numpy().astype(np.uint64)

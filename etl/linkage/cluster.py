@@ -182,10 +182,9 @@ def cluster(n: int, src: np.ndarray, source_names: list[str], dup_sources: set[s
 
 def _order(lab: np.ndarray, src: np.ndarray) -> np.ndarray:
     """Renumber clusters 0..k-1 by their first record (source order, then input order)."""
-    first = np.full(lab.max() + 1 if lab.size else 0, np.iinfo(np.int64).max, np.int64)
-    np.minimum.at(first, lab, np.arange(lab.size))
-    used = np.flatnonzero(first != np.iinfo(np.int64).max)
-    order = used[np.argsort(first[used], kind="stable")]
+    if lab.size == 0:
+        return lab
+    _, first, inv = np.unique(lab, return_index=True, return_inverse=True)
     rank = np.empty(first.size, np.int64)
-    rank[order] = np.arange(order.size)
-    return rank[lab]
+    rank[np.argsort(first, kind="stable")] = np.arange(first.size)
+    return rank[inv.ravel()]

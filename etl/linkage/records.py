@@ -181,20 +181,24 @@ class Records:
 
     # ---- postcodes ---------------------------------------------------------------
     def postcode_parts(self, name: str) -> dict:
+        """Full / sector / district / area codes of a standardised UK postcode
+        ("AB1 2CD"); areas are derived from the few thousand distinct districts."""
         key = f"pc:{name}"
         if key in self._cache:
             return self._cache[key]
-        pc = pl.col(name).cast(pl.String).str.to_uppercase().str.replace_all(r"\s+", " ").str.strip_chars()
-        nos = pc.str.replace_all(" ", "")
-        outward = pl.when(pc.str.contains(" ")).then(pc.str.split(" ").list.first()) \
-            .otherwise(nos.str.slice(0, nos.str.len_chars() - 3))
-        inward = nos.str.slice(-3, 3)
+        nos = pl.col(name).cast(pl.String).str.to_uppercase().str.replace_all(" ", "", literal=True)
+        outward = nos.str.head(-3)
+        district = self.derived_codes(f"pcdistrict:{name}", outward)
+        dvals = pl.Series(district[1], dtype=pl.String)
+        area_of_district = self.codes_of(f"pcareavals:{name}", dvals.str.extract(r"^([A-Z]+)", 1))
+        dcode = district[0]
+        area = np.where(dcode >= 0, area_of_district[0][np.maximum(dcode, 0)], -1).astype(np.int32)
         out = {
             "full": self.derived_codes(f"pcfull:{name}", nos),
             "sector": self.derived_codes(f"pcsector:{name}",
-                                         pl.concat_str([outward, inward.str.slice(0, 1)], separator=" ")),
-            "district": self.derived_codes(f"pcdistrict:{name}", outward),
-            "area": self.derived_codes(f"pcarea:{name}", outward.str.extract(r"^([A-Z]+)", 1)),
+                                         pl.concat_str([outward, nos.str.tail(3).str.head(1)], separator=" ")),
+            "district": district,
+            "area": (area, area_of_district[1]),
         }
         self._cache[key] = out
         return out
