@@ -192,7 +192,10 @@ class Records:
         dvals = pl.Series(district[1], dtype=pl.String)
         area_of_district = self.codes_of(f"pcareavals:{name}", dvals.str.extract(r"^([A-Z]+)", 1))
         dcode = district[0]
-        area = np.where(dcode >= 0, area_of_district[0][np.maximum(dcode, 0)], -1).astype(np.int32)
+        if area_of_district[0].size:
+            area = np.where(dcode >= 0, area_of_district[0][np.maximum(dcode, 0)], -1).astype(np.int32)
+        else:
+            area = np.full(dcode.size, -1, np.int32)
         out = {
             "full": self.derived_codes(f"pcfull:{name}", nos),
             "sector": self.derived_codes(f"pcsector:{name}",
