@@ -19,7 +19,7 @@ from etl.governance import load_key, load_rules, protect, scan_release
 from etl.governance.scanner import nhs_check_ok
 from etl.governance.synthetic import make_assembled
 
-N = 6000
+N = 4000
 KEY_HEX = "5e" * 32
 
 
@@ -250,6 +250,15 @@ def test_planted_identifier_is_caught_by_scanner(world, tmp_path, kind):
     scan = scan_release(rel, world["vocab"], rules=rules, key=world["key"])
     assert scan["counts"][detector][f"doctors.{out}"] >= 1, scan["totals"]
     assert not scan["clean"]
+
+
+def test_column_outside_allow_list_fails_the_scan(world, tmp_path):
+    rel = tmp_path / "rel"
+    shutil.copytree(world["r1"], rel)
+    d = pl.read_parquet(rel / "doctors.parquet").with_columns(pl.lit("x").alias("notes"))
+    d.write_parquet(rel / "doctors.parquet")
+    scan = scan_release(rel, world["vocab"], rules=world["rules"])
+    assert scan["allow_list"]["unexpected"] == ["doctors.notes"] and not scan["clean"] and scan["total"] == 0
 
 
 @pytest.mark.parametrize("kind", ["name", "email", "postcode", "dob", "gmc", "gmc_float", "ucas", "nhs",

@@ -293,6 +293,10 @@ def load_hierarchy(name: str, raw: Any, file: Path) -> Hierarchy:
         if not isinstance(tbl, str) or not isinstance(key, str):
             raise _err(file, where, "a lookup needs table (CSV path relative to the rules file) and key")
         path = (file.parent / tbl).resolve()
+        if not path.is_file():   # a rules file copied elsewhere: fall back to schemas/reference/
+            from etl.paths import REFERENCE_DIR
+            if (Path(REFERENCE_DIR) / Path(tbl).name).is_file():
+                path = Path(REFERENCE_DIR) / Path(tbl).name
         h.table, h.key = path, key
         h.reference = _read_reference(path, key, file, where)
     if typ == "year_band":
