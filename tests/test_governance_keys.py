@@ -77,6 +77,27 @@ def test_key_file_permissions(tmp_path, no_key_env):
         load_key(key_file=tmp_path / "missing.key")
 
 
+def test_env_and_file_must_agree(tmp_path, monkeypatch, no_key_env):
+    p = tmp_path / "k"
+    p.write_text(secrets.token_hex(32))
+    os.chmod(p, 0o600)
+    monkeypatch.setenv("MEDLINK_KEY", secrets.token_hex(32))
+    with pytest.raises(GovernanceError, match="different keys"):
+        load_key(key_file=p)
+    monkeypatch.setenv("MEDLINK_KEY", p.read_text())
+    assert load_key(key_file=p).source == "file:k"
+
+
+def test_keyed_release_tokens_differ_per_release(monkeypatch, no_key_env):
+    from etl.governance.keys import keyed_release_tokens, person_keys
+    monkeypatch.setenv("MEDLINK_KEY", secrets.token_hex(32))
+    k = load_key()
+    pk = person_keys(k, ["p1", "p2"])
+    a, b = keyed_release_tokens(k, "r1", pk), keyed_release_tokens(k, "r2", pk)
+    assert a == keyed_release_tokens(k, "r1", pk) and not set(a) & set(b) and len(a[0]) == 32
+    assert not set(a) & set(pk)
+
+
 def test_no_key_refuses_unless_demo(no_key_env):
     with pytest.raises(GovernanceError) as ei:
         load_key()

@@ -94,6 +94,8 @@ def sensitive_frame(df: pl.DataFrame, rules: Rules) -> pl.DataFrame:
     """Released values of the l-diversity fields (level 0 of their hierarchy)."""
     cols = []
     for s in rules.sensitive:
+        if s not in df.columns:
+            continue
         fr = rules.field("doctors", s)
         if fr.treatment == "generalise":
             cols.append(rules.hierarchies[fr.hierarchy].apply(df, s, 0).alias(f"__s_{s}"))
@@ -102,10 +104,14 @@ def sensitive_frame(df: pl.DataFrame, rules: Rules) -> pl.DataFrame:
     return pl.DataFrame(cols) if cols else pl.DataFrame({"__none": [None] * df.height})
 
 
-def _violation_exprs(qis: list[str], rules: Rules, k: int) -> tuple[pl.Expr, list[pl.Expr]]:
+def _present(rules: Rules, frame_cols) -> list[tuple[str, dict]]:
+    return [(s, spec) for s, spec in rules.sensitive.items() if f"__s_{s}" in frame_cols]
+
+
+def _violation_exprs(qis: list[str], rules: Rules, k: int, sens_cols) -> tuple[pl.Expr, list[pl.Expr]]:
     size_bad = pl.len().over(qis) < k
     l_bad = []
-    for s, spec in rules.sensitive.items():
+    for s, spec in _present(rules, sens_cols):
         c = pl.col(f"__s_{s}")
         distinct = (c.n_unique() - c.null_count().gt(0).cast(pl.UInt32)).over(qis)
         has_protected = c.is_in(spec["protect_values"]).any().over(qis)
@@ -115,7 +121,7 @@ def _violation_exprs(qis: list[str], rules: Rules, k: int) -> tuple[pl.Expr, lis
 
 def violations(codes: pl.DataFrame, sens: pl.DataFrame, rules: Rules, k: int) -> pl.Series:
     qis = codes.columns
-    size_bad, l_bad = _violation_exprs(qis, rules, k)
+    size_bad, l_bad = _violation_exprs(qis, rules, k, sens.columns)
     expr = size_bad
     for e in l_bad:
         expr = expr | e
@@ -219,7 +225,7 @@ def _fix_suppressed_class_l(res: KResult, df: pl.DataFrame, rules: Rules, sens: 
     top it up with records carrying other values from the largest class."""
     if not rules.sensitive or not res.suppressed.any():
         return
-    for s, spec in rules.sensitive.items():
+    for s, spec in _present(rules, sens.columns):
         col = sens.get_column(f"__s_{s}")
         inside = col.filter(res.suppressed).drop_nulls()
         if not inside.is_in(spec["protect_values"]).any() or inside.n_unique() >= rules.l:
@@ -270,7 +276,7 @@ def _verify(res: KResult, rules: Rules, sens: pl.DataFrame) -> None:
 
 def l_diversity(frame: pl.DataFrame, qis: list[str], rules: Rules) -> dict:
     out = {}
-    for s, spec in rules.sensitive.items():
+    for s, spec in _present(rules, frame.columns):
         c = pl.col(f"__s_{s}")
         g = frame.group_by(qis).agg(
             (c.n_unique() - c.null_count().gt(0).cast(pl.UInt32)).alias("distinct"),

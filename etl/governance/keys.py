@@ -137,8 +137,8 @@ def load_key(env_var: str = "MEDLINK_KEY", key_file: str | Path | None = None, d
              *, rotate_after_days: int = 365) -> Key:
     """The pseudonymisation key.
 
-    Order: the environment variable `env_var` if set and non-empty, else
-    `key_file`. In demo mode the fixed demo key is used whatever is set (the
+    Sources: the environment variable `env_var` (if set and non-empty) and
+    `key_file`; when both are given they must hold the same key. In demo mode the fixed demo key is used whatever is set (the
     release is labelled DEMO). No key and not demo -> GovernanceError.
     A key file must be a regular file not readable or writable by group or
     others (chmod 600); its contents are hex, base64 or >= 32 raw bytes.
@@ -150,11 +150,14 @@ def load_key(env_var: str = "MEDLINK_KEY", key_file: str | Path | None = None, d
                    created=None, rotate_after_days=rotate_after_days, length_bits=256,
                    _secret=DEMO_SECRET)
     val = os.environ.get(env_var) if env_var else None
+    env_key = None
     if val and val.strip():
         secret = _decode(val, f"environment variable {env_var}")
-        return Key(id=key_id(secret), algorithm=ALGORITHM, source=f"env:{env_var}", demo=False,
-                   created=_created_from_env(), rotate_after_days=rotate_after_days,
-                   length_bits=len(secret) * 8, _secret=secret)
+        env_key = Key(id=key_id(secret), algorithm=ALGORITHM, source=f"env:{env_var}", demo=False,
+                      created=_created_from_env(), rotate_after_days=rotate_after_days,
+                      length_bits=len(secret) * 8, _secret=secret)
+        if not key_file:
+            return env_key
     if key_file:
         p = Path(key_file)
         try:
@@ -176,9 +179,12 @@ def load_key(env_var: str = "MEDLINK_KEY", key_file: str | Path | None = None, d
         if len(secret) < MIN_BYTES:
             raise GovernanceError(f"key file holds fewer than {MIN_BYTES * 8} bits", file=str(p))
         created = _created_from_env() or dt.datetime.fromtimestamp(st.st_mtime, dt.timezone.utc).date()
-        return Key(id=key_id(secret), algorithm=ALGORITHM, source=f"file:{p.name}", demo=False,
-                   created=created, rotate_after_days=rotate_after_days,
-                   length_bits=len(secret) * 8, _secret=secret)
+        file_key = Key(id=key_id(secret), algorithm=ALGORITHM, source=f"file:{p.name}", demo=False,
+                       created=created, rotate_after_days=rotate_after_days,
+                       length_bits=len(secret) * 8, _secret=secret)
+        if env_key is not None and env_key.id != file_key.id:
+            raise GovernanceError(f"{env_var} and the key file hold different keys; unset one", file=str(p))
+        return file_key
     raise GovernanceError(NO_KEY)
 
 
