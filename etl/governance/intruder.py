@@ -90,7 +90,8 @@ def intruder_test(true_doctors: pl.DataFrame, release_doctors: pl.DataFrame, rel
     out = {"run": True, "public_records": n_pub, "public_fields": list(pf),
            "release_rows_matchable": rel.height, "k": rules.k, "one_over_k": round(1 / rules.k, 4),
            "year_noise": noise, "fuzzy_year_tolerance": tol,
-           "event_years_used": sorted(ev_years.columns[1:]) if ev_years is not None else []}
+           "event_years_used": sorted(c.removeprefix("__ev_") for c in ev_years.columns[1:])
+           if ev_years is not None else []}
     scenarios = {"exact": (public, 0), "fuzzy": (noisy, tol)}
     for name, (pub, t) in scenarios.items():
         out[name] = _match(pub, rel, rules, pf, levels, year_fields, t, pid, None)
