@@ -24,7 +24,7 @@ import yaml
 from etl.publish import verify
 from etl.synth import generate
 
-N_DOCTORS = 150
+N_DOCTORS = 1000
 TRIALS_PER_STAGE = 10          # 2 stages -> 20 trials
 SEED = 20261126
 
