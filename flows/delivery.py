@@ -235,8 +235,9 @@ def dask_runner(ctx: dict):
     from prefect_dask import DaskTaskRunner
     if addr:
         return DaskTaskRunner(address=addr)
+    processes = os.environ.get("MEDLINK_DASK_PROCESSES", "1") != "0"   # "0": threads (tests)
     return DaskTaskRunner(cluster_kwargs={"n_workers": int(workers), "threads_per_worker": 1,
-                                          "processes": True, "dashboard_address": None})
+                                          "processes": processes, "dashboard_address": None})
 
 
 @task(name="link", task_run_name="link", **TASK_OPTS)
@@ -412,8 +413,13 @@ class _ConsoleFilter(logging.Filter):
     reaches the Prefect API (UI) through the api handler, which runs first;
     (2) GX's INFO chatter and GX-internal py.warnings."""
 
+    def __init__(self, drop_run_errors: bool = True):
+        super().__init__()
+        self.drop_run_errors = drop_run_errors
+
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.ERROR and record.name.startswith(("prefect.flow_runs", "prefect.task_runs")):
+        if (self.drop_run_errors and record.levelno >= logging.ERROR
+                and record.name.startswith(("prefect.flow_runs", "prefect.task_runs"))):
             return False
         if record.name.startswith("great_expectations") and record.levelno < logging.WARNING:
             return False
@@ -423,10 +429,10 @@ class _ConsoleFilter(logging.Filter):
 
 
 @contextlib.contextmanager
-def _quiet_console():
+def _quiet_console(drop_run_errors: bool = True):
     handlers = [h for lg in (logging.getLogger(), logging.getLogger("prefect"))
                 for h in lg.handlers if type(h).__name__ == "PrefectConsoleHandler"]
-    f = _ConsoleFilter()
+    f = _ConsoleFilter(drop_run_errors)
     for h in handlers:
         h.addFilter(f)
     try:

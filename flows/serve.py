@@ -32,11 +32,12 @@ def serve(config_path: str, cron: str = "0 2 * * *", *, name: str | None = None,
     os.environ["PREFECT_API_URL"] = url
     from prefect.settings import PREFECT_API_URL, temporary_settings
     from prefect.schedules import Cron
-    from flows.delivery import medlink_delivery
+    from flows.delivery import _quiet_console, medlink_delivery
     dep = name or f"{cfg.delivery}-nightly"
     print(f"medlink: serving deployment 'medlink-delivery/{dep}' on '{cron}' ({timezone}) "
           f"via {url}; Ctrl-C to stop", file=sys.stderr, flush=True)
-    with temporary_settings(updates={PREFECT_API_URL: url}):
+    # a long-running service keeps run errors on its console; GX chatter is dropped
+    with temporary_settings(updates={PREFECT_API_URL: url}), _quiet_console(drop_run_errors=False):
         medlink_delivery.serve(name=dep, schedules=[Cron(cron, timezone=timezone)],
                                parameters={"config_path": str(Path(cfg.path).resolve())},
                                description=f"medlink delivery {cfg.delivery} ({cfg.path})",

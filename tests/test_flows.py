@@ -315,32 +315,54 @@ def test_rerun_after_failure_resumes_without_recompute(prefect_server, stub, tmp
     assert changed["resumed"] == [] and stub.calls["ingest:registration"] == n_ingest + 1
 
 
+NAME_FIELDS = {"forenames", "surname", "preferred_name", "other_names"}
+PII_FIELDS = {"record_id", "forenames", "surname", "preferred_name", "other_names", "date_of_birth",
+              "gmc_number", "ucas_personal_id", "email", "postcode"}
+
+
 def _pii_terms(delivery_dir: Path) -> set[str]:
+    """Names, DOBs and identifiers as delivered, read from the CSVs via the
+    config's column mapping (native column -> canonical field)."""
+    from etl.config import load
+    cfg = load(delivery_dir / "delivery.yaml", check_columns=False)
     terms = set()
-    for f in delivery_dir.glob("*.csv"):
-        with f.open(newline="") as fh:
-            for row in csv.DictReader(fh):
-                for k, v in row.items():
-                    if v and k in {"record_id", "forenames", "surname", "date_of_birth", "gmc_number",
-                                   "ucas_personal_id", "email", "postcode", "first_name", "last_name",
-                                   "dob", "name"}:
-                        terms.add(v)
-                if row.get("forenames") and row.get("surname"):
-                    terms.add(f"{row['forenames']} {row['surname']}")
+    for src in cfg.sources.values():
+        if src.format != "csv":
+            continue
+        # single names are not searched alone (surnames like FIELD or POWER are
+        # words in Prefect's own block docs); full names are
+        native = {n for n, c in src.columns.items() if c in PII_FIELDS - NAME_FIELDS}
+        fore = next((n for n, c in src.columns.items() if c == "forenames"), None)
+        sur = next((n for n, c in src.columns.items() if c == "surname"), None)
+        with src.path.open(newline="", encoding=src.encoding) as fh:
+            for row in csv.DictReader(fh, delimiter=src.delimiter):
+                terms.update(v.strip() for k, v in row.items() if k in native and v)
+                if fore and sur and row.get(fore) and row.get(sur):
+                    terms.add(f"{row[fore].strip()} {row[sur].strip()}")
     return {t for t in terms if len(t) >= 5}
 
 
+_TOKEN = re.compile(r"[\w@./'-]+")
+
+
 def _search_prefect_storage(home: Path, terms: set[str]) -> list[tuple[str, str]]:
+    """Every file under PREFECT_HOME (SQLite DB + WAL, logs), case-insensitive,
+    matched as whole tokens (so a 7-digit GMC number does not match inside a
+    timestamp's fraction of a second); multi-word terms need all their words
+    present and then the exact phrase."""
+    assert terms, "no search terms"
+    single = {t.upper() for t in terms if " " not in t}
+    multi = [t.upper() for t in terms if " " in t]
     hits = []
-    pat = re.compile("|".join(re.escape(t) for t in sorted(terms, key=len, reverse=True)).encode())
-    pat_upper = re.compile("|".join(re.escape(t.upper()) for t in sorted(terms, key=len, reverse=True)).encode())
     for f in home.rglob("*"):
-        if f.is_file():
-            data = f.read_bytes()
-            for p in (pat, pat_upper):
-                m = p.search(data)
-                if m:
-                    hits.append((str(f), m.group().decode(errors="replace")))
+        if not f.is_file():
+            continue
+        text = f.read_bytes().decode("utf-8", errors="replace").upper()
+        toks = set(_TOKEN.findall(text))
+        toks |= {t.strip(".-'/") for t in toks}
+        found = single & toks
+        found |= {t for t in multi if all(p in toks for p in t.split()) and t in text}
+        hits += [(str(f), t) for t in sorted(found)]
     return hits
 
 
@@ -365,6 +387,52 @@ def test_dask_configured_without_block_api_falls_back(prefect_server, stub, tmp_
         pytest.skip("engine exposes the block API; covered by the Dask equality test")
     s = run_delivery(str(make_delivery(tmp_path / "d")), progress=False, dask_workers=2)
     assert s["link"]["persons"] == 30
+
+
+def _clusters(clusters_path) -> list:
+    import polars as pl
+    c = pl.read_parquet(clusters_path)
+    g = c.group_by("person_id").agg(pl.concat_str("source", "record_id", separator=":").sort().alias("m"))
+    return sorted(tuple(m) for m in g["m"].to_list())
+
+
+def test_dask_fan_out_wiring_with_stub_block_api(prefect_server, stub, tmp_path, monkeypatch):
+    """The block fan-out over a DaskTaskRunner (2 thread workers: the stub block
+    API exists only in this process) gives the single-process clusters."""
+    import polars as pl
+    import etl.linkage as lk
+    from flows.delivery import block_api, run_delivery
+
+    def plan_blocks(inputs, spec, n):
+        return [{"k": k, "n": n, "inputs": {s: str(p) for s, p in inputs.items()}} for k in range(n)]
+
+    def score_block(block, spec, out_dir):
+        frames = [pl.read_parquet(p).with_columns(pl.lit(s).alias("source")) for s, p in block["inputs"].items()]
+        df = pl.concat(frames).filter(pl.col("gmc_number").cast(pl.Int64) % block["n"] == block["k"])
+        out = Path(out_dir) / f"block-{block['k']}.parquet"
+        df.select("source", "record_id", "gmc_number").write_parquet(out)
+        return out
+
+    def link(inputs, spec, out, truth=None, progress=None, scored_blocks=None):
+        df = pl.concat([pl.read_parquet(p) for p in scored_blocks])
+        cl = df.select("source", "record_id", pl.col("gmc_number").rank("dense").cast(pl.Int64).alias("person_id"))
+        cl.write_parquet(Path(out) / "clusters.parquet")
+        cl.head(0).write_parquet(Path(out) / "pairs.parquet")
+        return {"persons": cl["person_id"].n_unique()}
+
+    for name, fn in (("plan_blocks", plan_blocks), ("score_block", score_block), ("link", link),
+                     ("load_spec", lambda sec, base: "spec")):
+        monkeypatch.setattr(lk, name, fn, raising=False)
+    monkeypatch.setenv("MEDLINK_DASK_PROCESSES", "0")
+    assert block_api() is lk
+    single = run_delivery(str(make_delivery(tmp_path / "a")), progress=False)
+    dask = run_delivery(str(make_delivery(tmp_path / "b")), progress=False, dask_workers=2)
+    assert stub.calls["link"] == 1 and dask["link"]["blocks"] == 8
+    assert len(list((tmp_path / "b/out/restricted/runs").glob("*/linkage/blocks/block-*.parquet"))) == 8
+    assert _clusters(single["link"]["clusters_path"]) == _clusters(dask["link"]["clusters_path"])
+    sub = api(prefect_server, "POST", "/flow_runs/filter",
+              {"flows": {"name": {"any_": ["medlink-score-blocks"]}}, "sort": "START_TIME_DESC", "limit": 1})
+    assert sub and sub[0]["state"]["type"] == "COMPLETED"
 
 
 # --------------------------------------------------------------------------- tests: the real pipeline
@@ -403,11 +471,12 @@ def test_real_pipeline_flow(prefect_server, real_delivery, tmp_path):
     assert Path(s["publish"]["release_dir"]).is_dir()
     assert {"medlink-row-accounting", "medlink-linkage", "medlink-gates", "medlink-release"} <= \
         set(artifacts(prefect_server, fr["id"]))
-    assert _search_prefect_storage(prefect_server["home"], _pii_terms(real_delivery.parent)) == []
+    terms = _pii_terms(real_delivery.parent)
+    assert len(terms) > 1000
+    assert _search_prefect_storage(prefect_server["home"], terms) == []
 
 
 def test_dask_two_workers_same_clusters(prefect_server, real_delivery, tmp_path):
-    import polars as pl
     from flows.delivery import block_api
     if block_api() is None:
         pytest.skip("etl.linkage does not expose plan_blocks/score_block/link(scored_blocks=) yet")
@@ -415,8 +484,4 @@ def test_dask_two_workers_same_clusters(prefect_server, real_delivery, tmp_path)
     shutil.copytree(real_delivery.parent, tmp_path / "dask", ignore=shutil.ignore_patterns("out"))
     dask = _run_real(tmp_path / "dask/delivery.yaml", dask_workers=2)
 
-    def clusters(s):
-        c = pl.read_parquet(s["link"]["clusters_path"])
-        groups = c.group_by("person_id").agg(pl.concat_str("source", "record_id", separator=":").sort())
-        return sorted(tuple(g) for g in groups["source"].to_list())
-    assert clusters(single) == clusters(dask)
+    assert _clusters(single["link"]["clusters_path"]) == _clusters(dask["link"]["clusters_path"])
