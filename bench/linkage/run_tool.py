@@ -54,12 +54,24 @@ def _splink_frames(dataset: str, data: Path):
             f = f.with_columns(pl.col("date_of_birth").dt.year().alias("yob"),
                                pl.col("date_of_birth").dt.strftime("%m-%d").alias("month_day"))
         if "dob" in f.columns:
-            f = f.with_columns(pl.col("dob").str.slice(0, 4).alias("yob"))
+            f = f.with_columns(pl.col("dob").str.slice(0, 4).cast(pl.Int32, strict=False).alias("yob"))
         f = f.with_columns(pl.col("surname").str.slice(0, 1).alias("sn_init"),
                            pl.col("forenames").str.slice(0, 1).alias("fn_init"))
-        keep = [c for c in f.columns if f.schema[c] != pl.Null]
-        frames[s] = f.select(keep).to_arrow()
-    return frames
+        frames[s] = f
+    # Splink needs the same columns in every table: the model's, typed alike
+    cols = {"febrl4": ["record_id", "first_name", "surname", "full_name", "name_tokens", "dob", "yob", "soc_sec_id",
+                       "address_1", "street_number", "suburb", "postcode_au", "state", "sn_init", "fn_init"],
+            "people": ["record_id", "first_name", "surname", "full_name", "name_tokens", "other_names",
+                       "date_of_birth", "yob", "month_day", "sex", "postcode", "sn_init", "fn_init"],
+            "synth3": ["record_id", "first_name", "surname", "full_name", "name_tokens", "date_of_birth", "yob",
+                       "month_day", "sex", "postcode", "medical_school", "graduation_year", "gmc_number",
+                       "ucas_personal_id", "sn_init", "fn_init"]}[dataset]
+    types = {"date_of_birth": pl.Date, "graduation_year": pl.Int64, "yob": pl.Int32}
+    out = {}
+    for s, f in frames.items():
+        out[s] = f.select([pl.col(c).cast(types.get(c, pl.String)) if c in f.columns
+                           else pl.lit(None, types.get(c, pl.String)).alias(c) for c in cols]).to_arrow()
+    return out
 
 
 def run_splink(dataset: str, data: Path, out: Path) -> dict:
@@ -152,6 +164,7 @@ def run_ecm(dataset: str, data: Path, out: Path) -> dict:
             f = f.with_columns(pl.col("date_of_birth").cast(pl.String).alias("dob_s"))
         else:
             f = f.with_columns(pl.col("dob").alias("dob_s"))
+        f = f.with_columns(pl.col("dob_s").str.slice(0, 4).alias("yob"), pl.col("dob_s").str.slice(-5).alias("md"))
         frames[s] = f.to_pandas().set_index("record_id")
     tasks = [("a", "b")] if len(srcs) == 2 else [("admission", "training"), ("training", "registration"),
                                                   ("admission", "registration")]
@@ -159,8 +172,15 @@ def run_ecm(dataset: str, data: Path, out: Path) -> dict:
     for l, r in tasks:
         A, B = frames[l], frames[r]
         idx = rl.Index()
-        idx.block(["first_name", "surname"])
-        idx.block(["dob_s"])
+        if dataset == "febrl4":   # the same rules as the other tools, as far as Index allows
+            idx.block(["first_name", "surname"])
+            idx.block(["dob_s"])
+            idx.block(["soc_sec_id"])
+        else:
+            idx.block(["first_name", "surname", "yob"])
+            idx.block(["first_name", "surname", "md"])
+            idx.block(["dob_s", "first_name"])
+            idx.block(["dob_s", "surname"])
         if "gmc_number" in A.columns and "gmc_number" in B.columns:
             idx.block("gmc_number")
         if "ucas_personal_id" in A.columns and "ucas_personal_id" in B.columns:

@@ -418,7 +418,7 @@ def _candidates(rec: Records, spec: LinkSpec, tasks, evals, det, rule_keys, labe
             keys = rule_keys[ri_]
             st = RuleStats(rule.name, spec.task_key(t))
             it, total, skipped = rule_pairs(keys, a, b, dedupe, chunk,
-                                            max_block_pairs=rule.max_block and rule.max_block ** 2)
+                                            max_block_pairs=rule.max_block_pairs or spec.max_block_pairs)
             st.pairs = total
             st.skipped_blocks = skipped
             for li, ri in it:
@@ -548,5 +548,9 @@ def explain(pair, inputs: dict[str, Path], model_path: Path | str, spec: LinkSpe
                      "m": float(tm.m[j][g]) if g else None, "u": float(tm.u[j][g]) if g else None,
                      "weight": w, "tf_adjustment": tfa})
         total += w + tfa
-    return {"task": key, "prior_weight": tm.prior_weight, "comparisons": rows,
-            "match_weight": total, "match_probability": float(prob_of(np.array([total]))[0])}
+    out = {"task": key, "prior_weight": tm.prior_weight, "comparisons": rows,
+           "match_weight": total, "match_probability": float(prob_of(np.array([total]))[0])}
+    from etl.linkage.report_html import waterfall_svg
+
+    out["waterfall_svg"] = waterfall_svg(out)
+    return out

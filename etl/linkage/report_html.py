@@ -191,3 +191,35 @@ def render_html(rep: dict) -> str:
     out.append("<h2>Timings (s)</h2>" + _table(["stage", "seconds"], list(rep["timings_seconds"].items())))
     out.append("</body></html>")
     return "".join(out)
+
+
+def waterfall_svg(expl: dict, w: int = 640) -> str:
+    """A standalone SVG waterfall of an `explain()` result: prior, then each
+    comparison's weight (+ TF adjustment), ending at the match weight."""
+    steps = [("prior", expl["prior_weight"])]
+    for r in expl["comparisons"]:
+        steps.append((f"{r['comparison']}: {r['level']}", r["weight"] + r["tf_adjustment"]))
+    cum, lo, hi = 0.0, 0.0, 0.0
+    bars = []
+    for lab, v in steps:
+        bars.append((lab, cum, cum + v, v))
+        cum += v
+        lo, hi = min(lo, cum, cum - v), max(hi, cum, cum - v)
+    bars.append(("match weight", 0.0, cum, cum))
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    h = 22 * len(bars) + 30
+    sx = lambda v: 230 + (v - lo) / ((hi - lo) or 1) * (w - 250)  # noqa: E731
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}">',
+           f'<line x1="{sx(0):.1f}" x2="{sx(0):.1f}" y1="5" y2="{h - 20}" stroke="#999"/>']
+    for i, (lab, a, b, v) in enumerate(bars):
+        y = 10 + i * 22
+        x0, x1 = sorted((sx(a), sx(b)))
+        colour = "#4f81bd" if v >= 0 else "#c0504d"
+        if i == len(bars) - 1:
+            colour = "#333"
+        out.append(f'<text x="5" y="{y + 12}" font-size="11">{_e(lab)[:34]}</text>')
+        out.append(f'<rect x="{x0:.1f}" y="{y}" width="{max(x1 - x0, 1):.1f}" height="16" fill="{colour}">'
+                   f'<title>{v:+.2f}</title></rect>')
+        out.append(f'<text x="{x1 + 3:.1f}" y="{y + 12}" font-size="10">{v:+.2f}</text>')
+    out.append(f'<text x="230" y="{h - 5}" font-size="10">match probability {expl["match_probability"]:.6f}</text>')
+    return "".join(out) + "</svg>"

@@ -42,7 +42,7 @@ BLOCK_TRANSFORMS = {
 }
 LINKAGE_SECTION_KEYS = {
     "model", "threshold", "dedupe_threshold", "review_band", "pairs_floor", "reuse_model",
-    "labels", "seed", "max_pairs_per_chunk", "report", "subgroups", "workers",
+    "labels", "seed", "max_pairs_per_chunk", "report", "subgroups", "workers", "max_block_pairs",
 }
 
 
@@ -99,7 +99,7 @@ class BlockKey:
 class BlockRule:
     name: str
     keys: list[BlockKey]
-    max_block: int | None = None   # skip blocks bigger than this (per side)
+    max_block_pairs: int | None = None   # skip a block producing more pairs than this
 
     def describe(self) -> str:
         return " & ".join(k.describe() for k in self.keys)
@@ -145,6 +145,7 @@ class LinkSpec:
     labels: Path | None = None
     seed: int = 42
     max_pairs_per_chunk: int = 2_000_000
+    max_block_pairs: int = 20_000_000   # a larger block (e.g. a placeholder value) is skipped and reported
     workers: int = -1
     model_path: Path | None = None
     raw_model: dict[str, Any] = field(default_factory=dict)
@@ -208,8 +209,10 @@ def _block_rule(raw: Any, file: Path, key: str, i: int) -> BlockRule:
         raise _err("a blocking rule needs at least one key", file, key)
     name = raw.get("name") or "_".join(k.describe().replace("(", "_").replace(")", "").replace(", ", "_")
                                          for k in keys)
-    mb = raw.get("max_block")
-    return BlockRule(str(name), keys, int(mb) if mb else None)
+    mb = raw.get("max_block_pairs")
+    if mb is not None and (not isinstance(mb, int) or mb < 1):
+        raise _err("`max_block_pairs` must be a positive integer", file, key)
+    return BlockRule(str(name), keys, mb)
 
 
 def _parse_level(raw: Any, kind: str, file: Path, key: str) -> Level:
@@ -475,6 +478,8 @@ def load_spec(linkage_section: dict | None, base_dir: Path | str) -> LinkSpec:
         spec.seed = int(sec["seed"])
     if "max_pairs_per_chunk" in sec:
         spec.max_pairs_per_chunk = int(sec["max_pairs_per_chunk"])
+    if "max_block_pairs" in sec:
+        spec.max_block_pairs = int(sec["max_block_pairs"])
     if "workers" in sec:
         spec.workers = int(sec["workers"])
     if "subgroups" in sec:

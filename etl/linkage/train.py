@@ -316,13 +316,12 @@ def session_pairs(rec: Records, spec: LinkSpec, sess, task, rng) -> tuple[np.nda
     keys = record_keys(rec, sess.rule)
     a, b = rec.offsets[task[0]], rec.offsets[task[1]]
     dedupe = task[0] == task[1]
-    it, total, _ = rule_pairs(keys, a, b, dedupe, chunk_pairs=10**12, max_block_pairs=sess.rule.max_block
-                              and sess.rule.max_block ** 2)
+    it, total, _ = rule_pairs(keys, a, b, dedupe, chunk_pairs=10**12, max_block_pairs=sess.rule.max_block_pairs or spec.max_block_pairs)
     frac = 1.0
     if total > sess.max_pairs:
         frac = sess.max_pairs / total
         it, _, _ = rule_pairs(keys, a, b, dedupe, chunk_pairs=10**12,
-                              max_block_pairs=sess.rule.max_block and sess.rule.max_block ** 2,
+                              max_block_pairs=sess.rule.max_block_pairs or spec.max_block_pairs,
                               key_fraction=frac, seed=int(rng.integers(0, 1 << 30)))
     ls, rs = [], []
     for li, ri in it:
