@@ -48,4 +48,4 @@ def prefect_server():
         except Exception:
             pass
         os.environ.pop("PREFECT_API_URL", None)
-        server.stop()
+        server.stop(timeout=5)   # test server: SIGKILL after 5 s is fine
