@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import hashlib
 import io
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ import polars as pl
 from etl import standardise as std
 from etl.config import SourceConfig
 from etl.errors import DeliveryError
+from etl.hashing import sha256_file
 
 PARQUET_MAGIC = b"PAR1"
 DTYPES = {"str": pl.String, "int": pl.Int64, "float": pl.Float64, "date": pl.Date, "bool": pl.Boolean}
@@ -33,14 +33,6 @@ QUARANTINE_SCHEMA = {"source": pl.String, "row_number": pl.Int64, "record_id": p
                      "column": pl.String, "reason": pl.String, "action": pl.String}
 ID_STANDARDISERS = {"ucas_id", "gmc_number"}
 MAX_FIELD_CHARS = 1000
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- reading

@@ -37,7 +37,6 @@ from __future__ import annotations
 import datetime as dt
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import subprocess
@@ -50,6 +49,7 @@ import pyarrow.parquet as pq
 
 import etl
 from etl.errors import MedlinkError
+from etl.hashing import sha256_file  # noqa: F401 (verify and tests use it)
 
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
@@ -60,14 +60,6 @@ SOURCES = ("admission", "training", "registration")
 
 
 # --------------------------------------------------------------------------- helpers
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
 
 def _fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)

@@ -22,7 +22,6 @@ Steps (each one's evidence goes into the report):
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import subprocess
 import time
@@ -33,6 +32,7 @@ import polars as pl
 
 import etl
 from etl.errors import GovernanceError
+from etl.hashing import sha256_file
 from etl.governance.hierarchies import STAR
 from etl.governance.intruder import intruder_test
 from etl.governance.kanon import anonymise, extended_risk, subgroup_table
@@ -43,14 +43,6 @@ from etl.governance.scanner import scan_release
 
 PARQUET_OPTS = dict(compression="zstd", compression_level=3, statistics=True)
 CROSSWALK_COLUMNS = ["source", "record_id", "person_id", "person_key", "release_id", "doctor_pid"]
-
-
-def sha256_file(p: Path) -> str:
-    h = hashlib.sha256()
-    with open(p, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def git_commit() -> dict:
