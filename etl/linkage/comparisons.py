@@ -185,13 +185,23 @@ class Evaluator:
                 cond = metric
             else:
                 vals = self.nm["values"]
+                eq = a == b
+                if _SCORERS[metric][2] == "dist":
+                    # |len difference| <= k is necessary for distance <= k: skip the rest
+                    ln = self._lengths()
+                    near = np.abs(ln[a] - ln[b]) <= thr
+                    out = eq.copy()
+                    sub = idx[near & ~eq]
+                    if sub.size:
+                        d = lazy.get(f"{part}:{metric}", sub,
+                                     lambda need: _cpdist(vals[codes[li[need]]], vals[codes[ri[need]]],
+                                                          metric, self.workers))
+                        out[np.flatnonzero(near & ~eq)] = d <= thr
+                    return out
                 sim = lazy.get(f"{part}:{metric}", idx,
                                lambda need: _cpdist(vals[codes[li[need]]], vals[codes[ri[need]]],
                                                     metric, self.workers))
-                eq = a == b
-                if _SCORERS[metric][2] == "sim":
-                    return eq | (sim >= thr)
-                return eq | (sim <= thr)
+                return eq | (sim >= thr)
         if cond == "exact":
             return a == b
         if cond == "any":
@@ -206,6 +216,13 @@ class Evaluator:
                 return a == b
             return (a == b) | self._alias(li[idx], ri[idx])
         raise ValueError(cond)
+
+    def _lengths(self) -> np.ndarray:
+        if not hasattr(self, "_len"):
+            vals = self.nm["values"]
+            self._len = np.append(pl.Series(vals.tolist(), dtype=pl.String).str.len_chars()
+                                  .fill_null(0).to_numpy().astype(np.int32), 0)
+        return self._len
 
     def _alias(self, l, r) -> np.ndarray:
         """First given name of either record equals any given/preferred/other name token of the other."""
@@ -226,11 +243,17 @@ class Evaluator:
             if t == "swapped":
                 return (fn[l] == sn[r]) & (sn[l] == fn[r])
             if t == "alias":
-                return (sn[l] == sn[r]) & ((fn[l] == fn[r]) | self._alias(l, r))
+                ok = sn[l] == sn[r]
+                sub = np.flatnonzero(ok & (fn[l] != fn[r]))
+                ok[sub] = self._alias(l[sub], r[sub])
+                return ok
             if t == "parts":
                 ok = np.ones(idx.size, bool)
-                for part in ("forename", "surname"):
-                    cond = p.get(part, "any")
+                conds = [(part, p.get(part, "any")) for part in ("forename", "surname")]
+                # cheap tests first: a string metric is then computed only on the
+                # few pairs that passed them
+                conds.sort(key=lambda pc: isinstance(pc[1], dict))
+                for part, cond in conds:
                     if cond == "any":
                         continue
                     sub = np.flatnonzero(ok)

@@ -36,46 +36,33 @@ def _id_values(rec: Records, ident: Identifier) -> pl.Series:
     return pl.select(pl.when(s.str.contains(ident.pattern)).then(s)).to_series()
 
 
-def _typo_pairs(vals: pl.Series, a: tuple[int, int], b: tuple[int, int], dedupe: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs whose values differ by one substitution or one adjacent transposition."""
-    gid = pl.Series("g", np.arange(vals.len(), dtype=np.int32))
-    frame = pl.DataFrame({"g": gid, "v": vals}).with_columns(pl.col("v").str.len_chars().alias("n"))
-    fa = frame.slice(a[0], a[1] - a[0]).drop_nulls("v")
-    fb = fa if dedupe else frame.slice(b[0], b[1] - b[0]).drop_nulls("v")
-    if fa.height == 0 or fb.height == 0:
+def _typo_pairs_all(vals: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """All record pairs (l < r) whose values differ by one substitution or one
+    adjacent transposition. Works on the DISTINCT values (deletion-neighbourhood
+    and transposition joins), then expands value pairs to record pairs; once
+    per identifier, not per task."""
+    recs = pl.DataFrame({"g": np.arange(vals.len(), dtype=np.int32), "v": vals}).drop_nulls("v")
+    uniq = recs.select(pl.col("v").unique()).with_columns(pl.col("v").str.len_chars().alias("n"))
+    if uniq.height < 2:
         return np.zeros(0, np.int32), np.zeros(0, np.int32)
-    maxlen = int(max(fa["n"].max(), fb["n"].max()))
-    outs = []
-
-    def deletions(f: pl.DataFrame) -> pl.DataFrame:
-        parts = []
-        for i in range(maxlen):
-            parts.append(f.filter(pl.col("n") > i).select(
-                "g", pl.lit(i, pl.Int16).alias("pos"),
-                pl.concat_str([pl.col("v").str.slice(0, i), pl.col("v").str.slice(i + 1)]).alias("d"),
-                "n"))
-        return pl.concat(parts)
-
-    da = deletions(fa)
-    db = da if dedupe else deletions(fb)
-    sub = da.join(db, on=["d", "pos", "n"], how="inner", suffix="_r").select("g", "g_r")
-    outs.append(sub)
-    swaps = []
-    for i in range(maxlen - 1):
-        swaps.append(fa.filter(pl.col("n") > i + 1).select(
-            "g", pl.concat_str([pl.col("v").str.slice(0, i), pl.col("v").str.slice(i + 1, 1),
-                                pl.col("v").str.slice(i, 1), pl.col("v").str.slice(i + 2)]).alias("v")))
-    sw = pl.concat(swaps).join(fb.select("g", "v"), on="v", how="inner", suffix="_r").select("g", "g_r")
-    outs.append(sw)
-    allp = pl.concat(outs)
-    if dedupe:
-        allp = allp.select(pl.min_horizontal("g", "g_r").alias("g"), pl.max_horizontal("g", "g_r").alias("g_r"))
-    allp = allp.filter(pl.col("g") != pl.col("g_r")).unique()
-    # drop exact agreement (handled by the exact pass)
-    v = vals.to_numpy()
-    li, ri = allp["g"].to_numpy(), allp["g_r"].to_numpy()
-    keep = v[li] != v[ri]
-    return li[keep].astype(np.int32), ri[keep].astype(np.int32)
+    maxlen = int(uniq["n"].max())
+    dels = pl.concat([uniq.filter(pl.col("n") > i).select(
+        "v", pl.lit(i, pl.Int16).alias("pos"),
+        pl.concat_str([pl.col("v").str.slice(0, i), pl.col("v").str.slice(i + 1)]).alias("d"), "n")
+        for i in range(maxlen)])
+    sub = dels.join(dels, on=["d", "pos", "n"], how="inner", suffix="_r").filter(pl.col("v") < pl.col("v_r")) \
+        .select("v", "v_r")
+    swaps = pl.concat([uniq.filter(pl.col("n") > i + 1).select(
+        "v", pl.concat_str([pl.col("v").str.slice(0, i), pl.col("v").str.slice(i + 1, 1),
+                            pl.col("v").str.slice(i, 1), pl.col("v").str.slice(i + 2)]).alias("w"))
+        for i in range(maxlen - 1)])
+    sw = swaps.join(uniq.select(pl.col("v").alias("w")), on="w", how="inner") \
+        .filter(pl.col("v") != pl.col("w")) \
+        .select(pl.min_horizontal("v", "w").alias("v"), pl.max_horizontal("v", "w").alias("v_r"))
+    vp = pl.concat([sub, sw]).unique()
+    pairs = vp.join(recs, on="v").join(recs.rename({"v": "v_r", "g": "g_r"}), on="v_r")
+    li, ri = pairs["g"].to_numpy(), pairs["g_r"].to_numpy()
+    return np.minimum(li, ri).astype(np.int32), np.maximum(li, ri).astype(np.int32)
 
 
 def _levels_ok(evals: dict[str, Evaluator], wanted: dict[str, list[str]], li, ri, task) -> np.ndarray:
@@ -99,6 +86,7 @@ def deterministic_pass(rec: Records, spec: LinkSpec, evals: dict[str, Evaluator]
         codes = codes.astype(np.uint64)
         codes[codes == 0] = 1
         codes[vals.is_null().to_numpy()] = 0
+        typo_all = None
         for ti, task in enumerate(tasks):
             if ident.tasks is not None and task not in ident.tasks:
                 continue
@@ -120,7 +108,13 @@ def deterministic_pass(rec: Records, spec: LinkSpec, evals: dict[str, Evaluator]
             L.append(li); R.append(ri); M.append(np.full(li.size, 1, np.int8))
             I.append(np.full(li.size, ii, np.int8)); T.append(np.full(li.size, ti, np.int8))
             if ident.typo_tolerant:
-                tl, tr = _typo_pairs(vals, a, b, dedupe)
+                if typo_all is None:
+                    typo_all = _typo_pairs_all(vals)
+                al, ar = typo_all
+                sl, sr = rec.src[al], rec.src[ar]
+                ia, ib = rec.sources.index(task[0]), rec.sources.index(task[1])
+                in_task = ((sl == ia) & (sr == ib)) | ((sl == ib) & (sr == ia))
+                tl, tr = np.minimum(al[in_task], ar[in_task]), np.maximum(al[in_task], ar[in_task])
                 st["typo_candidates"] = int(tl.size)
                 if tl.size:
                     ok = _levels_ok(evals, ident.confirm, tl, tr, task) if ident.confirm else np.zeros(tl.size, bool)

@@ -106,14 +106,16 @@ def build_report(rec: Records, spec, tasks, clusters: pl.DataFrame, sc, cl, det,
     # ---- clusters ----------------------------------------------------------------
     sizes = np.bincount(labels)
     nsrc_per = has.sum(axis=1)
-    combos = pl.DataFrame({"combo": ["+".join(rec.sources[j] for j in np.flatnonzero(row)) for row in has]}) \
-        if has.shape[0] <= 200_000 else None
+    mask = (has.astype(np.int64) << np.arange(nsrc)).sum(axis=1)
+    names = {m_: "+".join(rec.sources[j] for j in range(nsrc) if m_ >> j & 1) or "(none)"
+             for m_ in np.unique(mask).tolist()}
+    combos = pl.DataFrame({"m": mask}).group_by("m").len().with_columns(
+        pl.col("m").replace_strict(names, return_dtype=pl.String).alias("combo"))
     clusters_info = {
         "people": int(has.shape[0]),
         "multi_source": int((nsrc_per > 1).sum()),
         "size_distribution": {str(k): int(v) for k, v in zip(*np.unique(np.minimum(sizes, 10), return_counts=True))},
-        "by_sources": ({r["combo"]: r["len"] for r in combos.group_by("combo").len().sort("combo").iter_rows(named=True)}
-                       if combos is not None else None),
+        "by_sources": {r["combo"]: r["len"] for r in combos.sort("combo").iter_rows(named=True)},
         "clustering": cl.stats,
         "link_method_records": {r["link_method"]: r["len"] for r in
                                 clusters.group_by("link_method").len().sort("link_method").iter_rows(named=True)},

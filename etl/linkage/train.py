@@ -337,14 +337,28 @@ def fields_of_rule(rule) -> set[str]:
 
 
 def estimate_lambda_candidates(P: np.ndarray, cnt: np.ndarray, m, u, n_possible: float,
-                               tf_mass: float | None = None, lam0: float = 0.01) -> tuple[float, float]:
-    """lambda = expected matches among candidates / possible pairs (m, u fixed)."""
+                               lam0: float = 0.01, max_iter: int = 500, tol: float = 1e-10
+                               ) -> tuple[float, float]:
+    """lambda = expected matches / possible pairs, with m and u fixed.
+
+    Fixed point of lambda = sum over candidate patterns of count x P(match |
+    pattern, lambda) / possible pairs, where the posterior uses the GLOBAL prior
+    lambda and the global u (u describes random pairs, not candidate pairs;
+    pairs outside the candidates are taken as non-matches)."""
     if cnt.sum() == 0 or n_possible <= 0:
-        return 1e-9, 0.0
-    active = list(range(P.shape[1]))
-    lam_c, _, _, post = em(P, cnt, m, u, active, lam0=lam0, fix_m=True, max_iter=500, tol=1e-9)
-    expected = float((post * cnt).sum())
-    return max(expected / n_possible, 1e-12), expected
+        return 1e-12, 0.0
+    lr = log_ratio_matrix(P, m, u, list(range(P.shape[1])))
+    lam = min(max(lam0, 1e-12), 0.5)
+    expected = 0.0
+    for _ in range(max_iter):
+        post = 1.0 / (1.0 + np.exp2(-np.clip(lr + math.log2(lam / (1 - lam)), -60, 60)))
+        expected = float((post * cnt).sum())
+        new = min(max(expected / n_possible, 1e-12), 0.5)
+        if abs(new - lam) <= tol * max(lam, 1e-12):
+            lam = new
+            break
+        lam = new
+    return lam, expected
 
 
 def m_from_labels(G: np.ndarray, labels: np.ndarray, K: list[int]) -> list[np.ndarray | None]:
