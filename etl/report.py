@@ -52,6 +52,12 @@ CODE_CANDIDATES = ["first_offer_specialty", "first_offer_specialty_code", "first
 SEX_CANDIDATES = ["sex", "sex_group"]
 SCORE_CANDIDATES = ["fp_total_score", "ukfp_total", "fp_score", "fp_score_z", "fp_total_decile",
                     "fp_score_decile", "fp_score_band", "fp_total_score_band"]
+COVARIATE_CANDIDATES = {
+    "parental_he": ["parental_he", "parental_he_group", "parental_he_band"],
+    "ethnicity": ["ethnicity_group", "ethnicity_5", "ethnicity_group5", "ethnicity"],
+    "age": ["age_band_at_entry", "age_at_entry_band", "age_band"],
+}
+MISSING_LEVELS = ["missing", "unknown", "suppressed", "*", "..", "not known"]
 LABELS = {"school": "School type", "imd": "IMD quintile", "polar": "POLAR4 quintile",
           "nssec": "NS-SEC class", "parental_he": "Parental higher education",
           "fsm": "Free school meals"}
@@ -177,6 +183,12 @@ def _prepare(d: pl.DataFrame) -> tuple[pl.DataFrame, dict, list[str]]:
     if score:
         exprs.append(pl.col(score).alias("_score"))
         found["score"] = score
+    # the other covariates of Kumwenda et al. 2019 model 1 (research/domain.md 2.5), when released
+    for key, cands in COVARIATE_CANDIDATES.items():
+        c = _first(cols, cands)
+        if c is not None:
+            exprs.append(pl.col(c).cast(pl.String).alias(f"_c_{key}"))
+            found[f"covariate {key}"] = c
     return d.select(exprs), found, skipped
 
 
@@ -257,10 +269,71 @@ def _fit(y: np.ndarray, X: np.ndarray, names: list[str], terms: list[str]) -> di
             continue
         i = names.index(term)
         b, se = float(res.params[i]), float(res.bse[i])
-        if math.isfinite(b) and math.isfinite(se):
+        if math.isfinite(b) and math.isfinite(se) and abs(b) + 1.96 * se < 700:  # else no usable estimate
             out[term] = {"or": math.exp(b), "ci_low": math.exp(b - 1.96 * se),
                          "ci_high": math.exp(b + 1.96 * se), "p_value": float(res.pvalues[i])}
     return out
+
+
+def _covariate_dummies(sub: pl.DataFrame) -> pl.DataFrame:
+    """Dummies for the Kumwenda covariates: no parental degree, non-white,
+    school leaver (entry at 21 or under), each with a not-known dummy so no
+    doctor is dropped for a missing covariate."""
+    out = {}
+    for key in COVARIATE_CANDIDATES:
+        col = f"_c_{key}"
+        if col not in sub.columns:
+            continue
+        v = sub[col].str.to_lowercase()
+        unknown = v.is_null() | v.is_in(MISSING_LEVELS)
+        if key == "parental_he":
+            flag = v.is_in(["no", "02"])
+        elif key == "ethnicity":
+            flag = ~v.is_in(["white"]) & ~unknown
+        else:  # age band: school leaver = the youngest band
+            flag = v.str.contains("or under|under|^1[5-9]|^2[01]\\b")
+        out[f"cov_{key}"] = (flag.fill_null(False) & ~unknown).cast(pl.Float64)
+        out[f"cov_{key}_unknown"] = unknown.cast(pl.Float64)
+    return pl.DataFrame(out) if out else pl.DataFrame()
+
+
+def adjusted_independent(p: pl.DataFrame, thr: int, base: int) -> pl.DataFrame:
+    """Independent school vs GP for each specialty group, adjusted as the
+    published model (Kumwenda et al. 2019, model 1): sex, Foundation score,
+    parental degree, ethnicity and school-leaver entry, where released.
+    Leaving those out lets parental education and ethnicity, which travel
+    with school type, load onto the school-type odds ratio."""
+    if "_indep" not in p.columns:
+        return pl.DataFrame()
+    rows = []
+    groups = [x for x in p["_group"].drop_nulls().unique().to_list()
+              if x != GP and x.lower() not in MISSING_LEVELS]
+    for g in sorted(groups):
+        s = p.filter(pl.col("_group").is_in([g, GP]) & pl.col("_indep").is_not_null())
+        if s.height == 0:
+            continue
+        y = (s["_group"] == g).cast(pl.Float64).to_numpy()
+        e = s["_indep"].cast(pl.Float64).to_numpy()
+        cells = [int(((e == a) & (y == b)).sum()) for a in (0, 1) for b in (0, 1)]
+        row = {"specialty_group": g, "reference_group": GP, "exposure": "independent_school",
+               "level": "independent", "adjusted_for": "", "n": int(round(s.height / base) * base),
+               "or": None, "ci_low": None, "ci_high": None, "p_value": None, "note": ""}
+        if min(cells) < thr:
+            row["note"] = f"suppressed: a cell below {thr}"
+        else:
+            cov = _covariate_dummies(s)
+            exposure = pl.DataFrame({"exp_independent": e}).hstack(cov) if cov.width else pl.DataFrame({"exp_independent": e})
+            X, names = _design(s, exposure)
+            est = (_fit(y, X, names, ["exp_independent"]) or {}).get("exp_independent")
+            row["adjusted_for"] = ", ".join(n for n in names if n not in ("const", "exp_independent")
+                                            and not n.startswith("fp_band_")) + (
+                ", fp score band" if any(n.startswith("fp_band_") for n in names) else "")
+            if est:
+                row.update({k: est[k] for k in ("or", "ci_low", "ci_high", "p_value")})
+            else:
+                row["note"] = "no estimate (separation or singular design)"
+        rows.append(row)
+    return pl.DataFrame(rows) if rows else pl.DataFrame()
 
 
 def odds_ratios(p: pl.DataFrame, measures: list[str], thr: int, base: int) -> pl.DataFrame:
@@ -421,15 +494,24 @@ def write_report(release_dir: Path, out_dir: Path | None = None, rules=None) -> 
     cav_path = out_dir / "linkage_caveats.csv"
     cav.write_csv(cav_path)
 
+    adj = adjusted_independent(p, thr, base)
+    adj_path = out_dir / "odds_ratios_adjusted.csv"
+    adj.write_csv(adj_path)
+
     headline = None
-    if ors.height:
+    if adj.height and adj.filter(pl.col("specialty_group").str.to_lowercase().str.contains("surg")).height:
+        r = adj.filter(pl.col("specialty_group").str.to_lowercase().str.contains("surg")).row(0, named=True)
+        headline = {"exposure": "independent_school", "specialty_group": r["specialty_group"],
+                    "reference": GP, "or": r["or"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
+                    "n": r["n"], "note": r["note"], "adjusted_for": r["adjusted_for"]}
+    elif ors.height:
         h = ors.filter((pl.col("exposure") == "independent_school")
                        & pl.col("specialty_group").str.to_lowercase().str.contains("surg"))
         if h.height:
             r = h.row(0, named=True)
             headline = {"exposure": "independent_school", "specialty_group": r["specialty_group"],
                         "reference": GP, "or": r["or"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
-                        "n": r["n"], "note": r["note"]}
+                        "n": r["n"], "note": r["note"], "adjusted_for": "male, fp score"}
 
     # link method mix by specialty group (protected) as a quick sensitivity pointer
     lm_cols = [c for c in ("link_method",) if c in d.columns]
@@ -450,7 +532,14 @@ def write_report(release_dir: Path, out_dir: Path | None = None, rules=None) -> 
             f"<h2>Headline</h2><p>Independent school, {e(str(headline['specialty_group']))} vs GP: "
             + (f"OR {headline['or']:.2f} (95% CI {headline['ci_low']:.2f} to {headline['ci_high']:.2f}), "
                if headline["or"] is not None else f"{e(headline['note'])}, ")
-            + f"n &asymp; {headline['n']:,}; adjusted for sex and Foundation score.</p>")
+            + f"n &asymp; {headline['n']:,}; adjusted for {e(str(headline.get('adjusted_for')))}.</p>")
+    if adj.height:
+        sections.append("<h2>Independent school vs general practice, fully adjusted</h2><p>As the "
+                        "published UKMED model (Kumwenda et al. 2019, model 1): sex, Foundation score, "
+                        "no parental degree, non-white ethnicity and school-leaver entry, each with a "
+                        "not-known indicator. Parental education and ethnicity travel with school type, "
+                        "so the sex-and-score model below overstates the school-type gradient.</p>"
+                        + _html_table(adj))
     for title, img in charts:
         sections.append(f"<h3>{e(title)}</h3><img alt='{e(title)}' src='data:image/png;base64,{img}'/>")
     sections.append("<h2>Odds ratios vs general practice</h2><p>Logistic regression among doctors whose "
@@ -477,7 +566,8 @@ def write_report(release_dir: Path, out_dir: Path | None = None, rules=None) -> 
     html_path = out_dir / "report.html"
     html_path.write_text(page)
     return {"report_html": str(html_path), "tables": {m: str(v) for m, v in paths.items()},
-            "odds_ratios_csv": str(ors_path), "linkage_caveats_csv": str(cav_path),
+            "odds_ratios_csv": str(ors_path), "odds_ratios_adjusted_csv": str(adj_path),
+            "linkage_caveats_csv": str(cav_path),
             "columns_used": {k: str(v) for k, v in found.items()}, "skipped": skipped,
             "disclosure": next(iter(logs.values()), {}).get("method") if logs else None,
             "headline": headline}
