@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from etl.linkage._np import unique
+
 
 @dataclass
 class ClusterResult:
@@ -104,7 +106,7 @@ def cluster(n: int, src: np.ndarray, source_names: list[str], dup_sources: set[s
 
     # entity source; components over entity edges
     comp = _components(n, ea, eb)
-    ent_nodes = np.unique(ent)
+    ent_nodes = unique(ent)
     ent_src = np.full(n, -1, np.int64)
     ent_src[ent] = src  # every record's entity inherits its source (entities are single-source)
     # a component is contested if it holds two entities of one source, or a cannot-link
@@ -127,7 +129,7 @@ def cluster(n: int, src: np.ndarray, source_names: list[str], dup_sources: set[s
         uf = _UF(n)
         members_src: dict[int, dict[int, int]] = {}
         ents_of: dict[int, list[int]] = {}
-        hard_nodes = np.unique(np.concatenate([ea[hard], eb[hard]]))
+        hard_nodes = unique(np.concatenate([ea[hard], eb[hard]]))
         for e in hard_nodes.tolist():
             members_src[e] = {int(ent_src[e]): e}
             ents_of[e] = [e]
@@ -184,7 +186,9 @@ def _order(lab: np.ndarray, src: np.ndarray) -> np.ndarray:
     """Renumber clusters 0..k-1 by their first record (source order, then input order)."""
     if lab.size == 0:
         return lab
-    _, first, inv = np.unique(lab, return_index=True, return_inverse=True)
+    from etl.linkage._np import unique_inverse
+
+    _, inv, _, first = unique_inverse(lab, first=True)
     rank = np.empty(first.size, np.int64)
     rank[np.argsort(first, kind="stable")] = np.arange(first.size)
-    return rank[inv.ravel()]
+    return rank[inv]

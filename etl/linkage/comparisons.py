@@ -66,7 +66,9 @@ def _tf_table(codes: np.ndarray) -> np.ndarray:
     ok = codes >= 0
     out = np.zeros(codes.size, np.float64)
     if ok.any():
-        uniq, inv, cnt = np.unique(codes[ok], return_inverse=True, return_counts=True)
+        from etl.linkage._np import unique_inverse
+
+        _, inv, cnt = unique_inverse(codes[ok])
         out[ok] = cnt[inv] / ok.sum()
     return out
 

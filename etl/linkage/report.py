@@ -17,6 +17,7 @@ import platform
 import numpy as np
 import polars as pl
 
+from etl.linkage._np import unique
 from etl.linkage.records import Records
 from etl.linkage.subgroups import record_attributes, wilson
 
@@ -108,7 +109,7 @@ def build_report(rec: Records, spec, tasks, clusters: pl.DataFrame, sc, cl, det,
     nsrc_per = has.sum(axis=1)
     mask = (has.astype(np.int64) << np.arange(nsrc)).sum(axis=1)
     names = {m_: "+".join(rec.sources[j] for j in range(nsrc) if m_ >> j & 1) or "(none)"
-             for m_ in np.unique(mask).tolist()}
+             for m_ in unique(mask).tolist()}
     combos = pl.DataFrame({"m": mask}).group_by("m").len().with_columns(
         pl.col("m").replace_strict(names, return_dtype=pl.String).alias("combo"))
     clusters_info = {

@@ -47,8 +47,10 @@ def unpack(codes: np.ndarray, k: int) -> np.ndarray:
 
 def patterns(G: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Distinct comparison patterns and their (weighted) counts."""
+    from etl.linkage._np import unique_inverse
+
     code = pack(G)
-    uniq, inv = np.unique(code, return_inverse=True)
+    uniq, inv, _ = unique_inverse(code)
     cnt = np.bincount(inv, weights=weights, minlength=uniq.size).astype(np.float64)
     return unpack(uniq, G.shape[1]), cnt
 
