@@ -1,0 +1,748 @@
+"""Incremental linkage: new deliveries link onto the existing people; person keys stay stable.
+
+The restricted zone keeps a persistent linkage state between runs
+(`<restricted>/linkage_state/`, see docs/incremental.md):
+
+    records_<source>.parquet   standardised records already linked (all columns; one row per record_id)
+    keys.parquet               per record, its 64-bit blocking key for every blocking rule
+    crosswalk.parquet          source, record_id -> person_key (stable internal key), link_method,
+                               link_probability
+    pairs.parquet              accepted links (pairs.parquet columns) behind the current crosswalk
+    model.json                 the trained model, reused for every increment
+    history.parquet            one row per event (init, new person, join, merge, split, held ...)
+    meta.json                  counts, key counter, per-task lambda basis, polars version
+
+    init_state(inputs, spec, state_dir, out_dir)            full link -> state
+    link_incremental(new_inputs, state_dir, spec, out_dir)  delta -> clusters.parquet (stable keys)
+    relink_full(state_dir, spec, out_dir)                   full relink of the state, compared
+
+An increment links the new and changed records together with the existing
+records they block with (every blocking rule, on stored keys) and every other
+record of the people those belong to, with the stored model; the resulting
+clusters are mapped onto the old keys by maximum overlap. Merges and splits
+are applied or held (`policy`) and listed with the pairs behind them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from etl.errors import ConfigError
+
+STATE_VERSION = 1
+KEY_PREFIX = "K"
+KEY_WIDTH = 9
+POLICIES = ("apply", "hold")
+_PQ = dict(compression="zstd", compression_level=3)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _write(df: pl.DataFrame, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    df.write_parquet(tmp, **_PQ)
+    tmp.replace(path)
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _fmt_key(i: int) -> str:
+    return f"{KEY_PREFIX}{i:0{KEY_WIDTH}d}"
+
+
+def pairwise_f1(a: pl.DataFrame, b: pl.DataFrame, on=("source", "record_id"),
+                a_col: str = "person_id", b_col: str = "person_id") -> dict:
+    """Pairwise precision / recall / F1 of clustering `a` against clustering `b`
+    (all record pairs, within and across sources), from the contingency table.
+    Records in `a` missing from `b` are their own cluster in `b`."""
+    on = list(on)
+    j = a.select(*on, pl.col(a_col).alias("_a")).join(
+        b.select(*on, pl.col(b_col).alias("_b")), on=on, how="left")
+    j = j.with_columns(pl.col("_b").fill_null(pl.lit("__single__") + pl.col("source") + "|" + pl.col("record_id")))
+
+    def pairs(col_or_cols) -> float:
+        c = j.group_by(col_or_cols).len()["len"].to_numpy().astype(np.float64)
+        return float((c * (c - 1) / 2).sum())
+
+    tp, pred, true = pairs(["_a", "_b"]), pairs("_a"), pairs("_b")
+    p = tp / pred if pred else 1.0
+    r = tp / true if true else 1.0
+    f = 2 * p * r / (p + r) if p + r else 0.0
+    return {"precision": p, "recall": r, "f1": f, "tp": int(tp), "predicted": int(pred), "true": int(true)}
+
+
+def _evidence_cols(spec) -> list[str]:
+    return sorted(c for c in spec.needed_columns() if c not in ("source", "record_id"))
+
+
+def _rule_cols(spec) -> list[str]:
+    return [f"k{i}" for i in range(len(spec.blocking))]
+
+
+def _block_keys(inputs: dict[str, Path], spec) -> pl.DataFrame:
+    """source, record_id, k<i> (uint64 blocking key of rule i; 0 = does not block)."""
+    from etl.linkage.blocking import record_keys
+    from etl.linkage.records import Records
+
+    present = {s: p for s, p in inputs.items()}
+    if not present:
+        return pl.DataFrame(schema={"source": pl.String, "record_id": pl.String,
+                                    **{c: pl.UInt64 for c in _rule_cols(spec)}})
+    rec = Records.load(present, list(spec.sources), spec.needed_columns(), set())
+    cols = {"source": pl.Series(np.array(rec.sources, dtype=object)[rec.src], dtype=pl.String),
+            "record_id": rec.df["record_id"]}
+    for i, rule in enumerate(spec.blocking):
+        cols[f"k{i}"] = pl.Series(record_keys(rec, rule), dtype=pl.UInt64)
+    return pl.DataFrame(cols)
+
+
+def _name_tf_counts(records: dict[str, pl.DataFrame], spec) -> dict | None:
+    """Global value counts for the name comparison's TF levels over all state records."""
+    from etl.linkage.records import Records
+
+    comp = next((c for c in spec.comparisons if c.kind == "name" and any(lv.tf for lv in c.levels)), None)
+    if comp is None:
+        return None
+    f = comp.fields
+    frames = []
+    for df in records.values():
+        if df.height == 0:
+            continue
+        cols = df.columns
+        frames.append(df.select(
+            (Records.first_token(f["forename"]) if f["forename"] in cols else pl.lit(None, pl.String)).alias("fn1"),
+            (Records.nospace(f["surname"]) if f["surname"] in cols else pl.lit(None, pl.String)).alias("sn"),
+        ).with_columns(pl.col("fn1").replace("", None), pl.col("sn").replace("", None)))
+    if not frames:
+        return None
+    x = pl.concat(frames)
+    fn = x.drop_nulls("fn1").group_by("fn1").len()
+    sn = x.drop_nulls("sn").group_by("sn").len()
+    jt = x.drop_nulls(["fn1", "sn"]).group_by("fn1", "sn").len()
+    return {"comparison": comp.name,
+            "forename": (fn, int(fn["len"].sum())), "surname": (sn, int(sn["len"].sum())),
+            "joint": (jt, int(jt["len"].sum())), "n": x.height}
+
+
+@contextlib.contextmanager
+def _engine_overrides(tf_counts: dict | None):
+    """While linking a subset with a stored model: keep the model's lambda (set
+    from the whole population in meta.json) instead of re-estimating it on the
+    subset, and give the name TF levels the frequencies of the whole population.
+    Patches two engine internals for the duration of the call (not thread-safe;
+    see docs/incremental.md for the engine hook that would replace this)."""
+    from etl.linkage import comparisons as C
+    from etl.linkage import engine as E
+
+    orig_lambda = E._set_lambda
+    orig_tf = C.Evaluator.tf
+
+    def keep_lambda(spec, tm, *a, **k):
+        tm.lam_method = "stored model, lambda scaled to the whole population (incremental)"
+
+    def global_tf(self, which):
+        if tf_counts is None or self.kind != "name" or self.comp.name != tf_counts["comparison"]:
+            return orig_tf(self, which)
+        if which in self._tf_cache:
+            return self._tf_cache[which]
+        nm = self.nm
+        vals = np.asarray(nm["values"], dtype=object)
+
+        def strings(codes):
+            out = np.full(codes.size, None, dtype=object)
+            ok = codes >= 0
+            out[ok] = vals[codes[ok]]
+            return pl.Series(out, dtype=pl.String)
+
+        frame = pl.DataFrame({"fn1": strings(nm["fn1"]), "sn": strings(nm["sn"])})
+        key = {"joint": ["fn1", "sn"], "forename": ["fn1"], "surname": ["sn"]}.get(which, ["fn1", "sn"])
+        table, total = tf_counts.get(which if which in ("forename", "surname") else "joint")
+        j = frame.join(table, on=key, how="left", maintain_order="left")
+        ok = frame.select(pl.all_horizontal([pl.col(c).is_not_null() for c in key])).to_series()
+        cnt = j["len"].fill_null(1).cast(pl.Float64).to_numpy()
+        out = np.where(ok.to_numpy(), cnt / max(total, 1), 0.0)
+        self._tf_cache[which] = out
+        return out
+
+    E._set_lambda = keep_lambda
+    C.Evaluator.tf = global_tf
+    try:
+        yield
+    finally:
+        E._set_lambda = orig_lambda
+        C.Evaluator.tf = orig_tf
+
+
+# ----------------------------------------------------------------------------- state I/O
+
+class State:
+    def __init__(self, d: Path):
+        self.dir = Path(d)
+
+    def path(self, name: str) -> Path:
+        return self.dir / name
+
+    def exists(self) -> bool:
+        return self.path("meta.json").exists() and self.path("crosswalk.parquet").exists()
+
+    def meta(self) -> dict:
+        return json.loads(self.path("meta.json").read_text())
+
+    def records(self, spec) -> dict[str, pl.DataFrame]:
+        out = {}
+        for s in spec.sources:
+            p = self.path(f"records_{s}.parquet")
+            if p.exists():
+                out[s] = pl.read_parquet(p)
+        return out
+
+    def record_paths(self, spec) -> dict[str, Path]:
+        return {s: self.path(f"records_{s}.parquet") for s in spec.sources
+                if self.path(f"records_{s}.parquet").exists()}
+
+
+def _lambda_basis(model_json: dict, counts: dict[str, int]) -> dict:
+    """Per task: lambda, expected matches and the record counts it was estimated on."""
+    out = {}
+    for key, t in model_json.get("tasks", {}).items():
+        a, b = key.split("|")
+        out[key] = {"lambda": t.get("lambda"), "expected_matches": t.get("expected_matches"),
+                    "method": t.get("lambda_method"), "na": counts.get(a, 0), "nb": counts.get(b, 0)}
+    return out
+
+
+def _scaled_model(model_path: Path, basis: dict, counts: dict[str, int], out: Path) -> Path:
+    """model.json with each task's lambda re-based on the current population:
+    expected matches grow with the records (linearly), possible pairs with their product."""
+    m = json.loads(model_path.read_text())
+    for key, t in m.get("tasks", {}).items():
+        b = basis.get(key)
+        if not b or not b.get("expected_matches") or "expected" not in str(b.get("method", "")):
+            continue
+        a_, b_ = key.split("|")
+        na, nb = counts.get(a_, 0), counts.get(b_, 0)
+        if a_ == b_:
+            possible = na * (na - 1) / 2
+            growth = na / max(b["na"], 1)
+        else:
+            possible = float(na) * nb
+            growth = (na + nb) / max(b["na"] + b["nb"], 1)
+        if possible <= 0:
+            continue
+        lam = min(max(b["expected_matches"] * growth / possible, 1e-12), 0.5)
+        t["lambda"] = lam
+        t["prior_match_weight"] = math.log2(lam / (1 - lam))
+    out.write_text(json.dumps(m))
+    return out
+
+
+# ----------------------------------------------------------------------------- init
+
+def init_state(inputs: dict[str, Path], spec, state_dir: Path, out_dir: Path, *, truth: Path | None = None,
+               progress=None) -> dict:
+    """Full link of `inputs` (standardised Parquet per source) -> a new linkage state.
+    Writes out_dir/ (the engine's outputs, clusters.parquet with person_id = stable key)
+    and state_dir/. Refuses to overwrite an existing state (use relink_full)."""
+    from etl.linkage import link
+
+    t0 = time.perf_counter()
+    st = State(state_dir)
+    if st.exists():
+        raise ConfigError("linkage state already exists; use relink_full() to relink it", file=str(state_dir))
+    out_dir = Path(out_dir)
+    st.dir.mkdir(parents=True, exist_ok=True)
+    summary = link({k: Path(v) for k, v in inputs.items()}, spec, out_dir, truth=truth, progress=progress)
+    cl = pl.read_parquet(out_dir / "clusters.parquet")
+    # keys in the engine's order (P000001... by first record): K000000001...
+    order = cl.select("person_id").unique(maintain_order=True).sort("person_id")
+    order = order.with_columns(pl.arange(1, order.height + 1, eager=True).alias("_n"))
+    cl = cl.join(order, on="person_id").with_columns(
+        (pl.lit(KEY_PREFIX) + pl.col("_n").cast(pl.String).str.zfill(KEY_WIDTH)).alias("person_key"))
+    counts = {}
+    for s, p in inputs.items():
+        df = pl.read_parquet(p)
+        counts[s] = df.height
+        _write(df, st.path(f"records_{s}.parquet"))
+    _write(_block_keys(st.record_paths(spec), spec), st.path("keys.parquet"))
+    cw = cl.select("source", "record_id", "person_key", "link_method", "link_probability")
+    _write(cw, st.path("crosswalk.parquet"))
+    pairs = pl.read_parquet(out_dir / "pairs.parquet").filter(pl.col("linked"))
+    _write(pairs, st.path("pairs.parquet"))
+    shutil.copyfile(out_dir / "model.json", st.path("model.json"))
+    run_id = f"init-{_now()}"
+    hist = cw.select(pl.lit(run_id).alias("run_id"), pl.lit(_now()).alias("at"), pl.lit("init").alias("event"),
+                     "person_key", pl.lit(None, pl.String).alias("other_key"), "source", "record_id",
+                     pl.lit("applied").alias("status"))
+    _write(hist, st.path("history.parquet"))
+    model_json = json.loads((out_dir / "model.json").read_text())
+    meta = {"version": STATE_VERSION, "created": _now(), "updated": _now(), "runs": [run_id],
+            "next_key": order.height + 1, "counts": counts,
+            "lambda_basis": _lambda_basis(model_json, counts), "polars": pl.__version__,
+            "blocking": [r.name for r in spec.blocking], "model": spec.name}
+    _write_text(st.path("meta.json"), json.dumps(meta, indent=1))
+    _write(cl.select("source", "record_id", pl.col("person_key").alias("person_id"), "link_method",
+                     "link_probability", "cluster_size"), out_dir / "clusters.parquet")
+    return {"records": int(cl.height), "persons": int(order.height), "f1_overall": summary.get("f1_overall"),
+            "seconds": round(time.perf_counter() - t0, 2)}
+
+
+# ----------------------------------------------------------------------------- key mapping
+
+def map_keys(assign: pl.DataFrame, next_key: int) -> tuple[pl.DataFrame, int]:
+    """Map new clusters onto old keys by maximum overlap.
+
+    assign: source, record_id, cluster (new clustering), old_key (null for a new record).
+    Greedy over (cluster, old key, overlap) strongest first; ties broken by the
+    smaller key, then the cluster whose smallest record sorts first; a key goes
+    to one cluster, a cluster gets one key. Clusters left without a key get new
+    keys in the order of their smallest record. Returns (cluster, key, inherited)
+    and the next key counter."""
+    first = assign.group_by("cluster").agg(pl.min_horizontal(pl.concat_str("source", pl.lit("|"), "record_id"))
+                                           .min().alias("_first"))
+    ov = (assign.drop_nulls("old_key").group_by("cluster", "old_key").len("overlap")
+          .join(first, on="cluster").sort(["overlap", "old_key", "_first"], descending=[True, False, False]))
+    used_c: dict[Any, str] = {}
+    used_k: set[str] = set()
+    for c, k in zip(ov["cluster"].to_list(), ov["old_key"].to_list()):
+        if c in used_c or k in used_k:
+            continue
+        used_c[c] = k
+        used_k.add(k)
+    rest = first.filter(~pl.col("cluster").is_in(list(used_c))).sort("_first")
+    new = {}
+    for c in rest["cluster"].to_list():
+        new[c] = _fmt_key(next_key)
+        next_key += 1
+    rows = [(c, k, True) for c, k in used_c.items()] + [(c, k, False) for c, k in new.items()]
+    dtype = assign.schema["cluster"]
+    m = pl.DataFrame(rows, schema={"cluster": dtype, "key": pl.String, "inherited": pl.Boolean}, orient="row")
+    return m, next_key
+
+
+def _events(a: pl.DataFrame) -> tuple[list[dict], list[dict]]:
+    """Merges and splits from a frame with source, record_id, old_key, cluster, key
+    (old records only). A merge: an old key that no cluster inherited, whose records
+    sit in a cluster holding another key. A split: an old key whose records land in
+    two or more clusters (the parts that did not inherit it split off)."""
+    inherited = set(a.filter(pl.col("key") == pl.col("old_key"))["old_key"].unique().to_list())
+    merges, splits = [], []
+    by_key = a.group_by("old_key").agg(pl.col("cluster").unique().alias("clusters"),
+                                        pl.col("key").unique().alias("keys"), pl.len().alias("n"))
+    for row in by_key.sort("old_key").iter_rows(named=True):
+        k = row["old_key"]
+        if len(row["clusters"]) > 1:
+            parts = (a.filter(pl.col("old_key") == k).group_by("key").agg(
+                pl.concat_str("source", pl.lit(":"), "record_id").sort().alias("records")).sort("key"))
+            splits.append({"key": k, "into": parts["key"].to_list(),
+                           "records": {r["key"]: r["records"] for r in parts.iter_rows(named=True)}})
+        elif k not in inherited:
+            into = row["keys"][0]
+            recs = a.filter(pl.col("old_key") == k)
+            merges.append({"key": k, "into": into,
+                           "records": sorted((recs["source"] + ":" + recs["record_id"]).to_list())})
+    return merges, splits
+
+
+def _event_pairs(pairs: pl.DataFrame, recs: set[str], limit: int = 50) -> list[dict]:
+    """Scored pairs touching the event's records (restricted zone: record ids, weights)."""
+    if pairs.height == 0 or not recs:
+        return []
+    l = pairs["source_l"] + ":" + pairs["record_id_l"]
+    r = pairs["source_r"] + ":" + pairs["record_id_r"]
+    sel = l.is_in(list(recs)) | r.is_in(list(recs))
+    p = pairs.filter(sel).sort("match_weight", descending=True).head(limit)
+    cols = [c for c in ("source_l", "record_id_l", "source_r", "record_id_r", "match_weight",
+                        "match_probability", "method", "rule", "linked") if c in p.columns]
+    return [{k: (float(v) if isinstance(v, float) else v) for k, v in r_.items()}
+            for r_ in p.select(cols).iter_rows(named=True)]
+
+
+# ----------------------------------------------------------------------------- increment
+
+def link_incremental(new_inputs: dict[str, Path], state_dir: Path, spec, out_dir: Path, *,
+                     policy: str = "apply", truth: Path | None = None, progress=None,
+                     keep_work: bool = False) -> dict:
+    """Link a new delivery (standardised Parquet per source: new rows, and corrected rows
+    for known record_ids) onto the linkage state. Writes out_dir/clusters.parquet (all
+    records; person_id = stable key), pairs.parquet (accepted links), model.json,
+    incremental_report.{json,md}; updates state_dir. Returns counts only."""
+    from etl.linkage import link
+
+    if policy not in POLICIES:
+        raise ConfigError(f"merge policy must be one of {POLICIES}, not {policy!r}", key="linkage.merge_policy")
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    tick = time.perf_counter()
+
+    def lap(name):
+        nonlocal tick
+        now = time.perf_counter()
+        timings[name] = round(now - tick, 3)
+        tick = now
+
+    st = State(state_dir)
+    if not st.exists():
+        raise ConfigError("no linkage state; run init_state() first", file=str(state_dir))
+    meta = st.meta()
+    if meta.get("blocking") != [r.name for r in spec.blocking]:
+        raise ConfigError("the linkage state was built with other blocking rules; relink_full()",
+                          file=str(state_dir))
+    out_dir = Path(out_dir)
+    work = out_dir / "_work"
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    run_id = f"inc-{_now()}"
+
+    records = st.records(spec)
+    cw = pl.read_parquet(st.path("crosswalk.parquet"))
+    keys = pl.read_parquet(st.path("keys.parquet"))
+    evid = _evidence_cols(spec)
+    lap("load_state")
+
+    # ---- classify the delivery: new, changed, unchanged ------------------------------
+    delta_paths: dict[str, Path] = {}
+    delta: dict[str, pl.DataFrame] = {}
+    changed_ids: dict[str, list[str]] = {}
+    n_new = n_changed = n_unchanged = 0
+    for s, p in new_inputs.items():
+        if s not in spec.sources:
+            raise ConfigError(f"source {s!r} is not in the linkage model", key="linkage.model")
+        df = pl.read_parquet(p).with_columns(pl.col("record_id").cast(pl.String))
+        old = records.get(s)
+        if old is None or old.height == 0:
+            d, ch = df, []
+        else:
+            known = df.filter(pl.col("record_id").is_in(old["record_id"].implode()))
+            fresh = df.filter(~pl.col("record_id").is_in(old["record_id"].implode()))
+            cols = [c for c in evid if c in df.columns and c in old.columns]
+            if known.height:
+                a = known.select("record_id", *[pl.col(c).cast(pl.String) for c in cols])
+                b = old.select("record_id", *[pl.col(c).cast(pl.String) for c in cols])
+                same = a.join(b, on=["record_id", *cols], how="semi", nulls_equal=True)
+                ch = known.filter(~pl.col("record_id").is_in(same["record_id"].implode()))
+                n_unchanged += same.height
+            else:
+                ch = known
+            d = pl.concat([fresh, ch], how="diagonal_relaxed")
+            ch = ch["record_id"].to_list()
+        n_new += d.height - len(ch)
+        n_changed += len(ch)
+        changed_ids[s] = ch
+        if d.height:
+            delta[s] = d
+            delta_paths[s] = work / f"delta_{s}.parquet"
+            d.write_parquet(delta_paths[s])
+    lap("classify")
+
+    if not delta:
+        shutil.rmtree(work, ignore_errors=True)
+        return {"new_records": 0, "changed_records": 0, "unchanged_records": n_unchanged, "joined_existing": 0,
+                "new_persons": 0, "merges": 0, "splits": 0, "held": 0, "subset_records": 0,
+                "seconds": round(time.perf_counter() - t0, 2)}
+
+    # ---- the subset: delta + old records blocking with it + their people ----------------
+    dkeys = _block_keys(delta_paths, spec)
+    changed_all = pl.concat([pl.DataFrame({"source": [s] * len(v), "record_id": v}, schema={"source": pl.String, "record_id": pl.String})
+                             for s, v in changed_ids.items()]) if changed_ids else pl.DataFrame(
+        schema={"source": pl.String, "record_id": pl.String})
+    keys_old = keys.join(changed_all, on=["source", "record_id"], how="anti")
+    hit = np.zeros(keys_old.height, bool)
+    for c in _rule_cols(spec):
+        dk = dkeys[c].to_numpy()
+        dk = np.unique(dk[dk != 0])
+        if dk.size:
+            hit |= np.isin(keys_old[c].to_numpy(), dk)
+    touched = keys_old.filter(pl.Series(hit)).select("source", "record_id")
+    touched_keys = (cw.join(pl.concat([touched, changed_all]), on=["source", "record_id"], how="semi")
+                    ["person_key"].unique())
+    old_sub = cw.filter(pl.col("person_key").is_in(touched_keys.implode())).join(
+        changed_all, on=["source", "record_id"], how="anti")
+    sub_paths: dict[str, Path] = {}
+    for s in spec.sources:
+        parts = []
+        if s in records:
+            ids = old_sub.filter(pl.col("source") == s)["record_id"]
+            if ids.len():
+                parts.append(records[s].filter(pl.col("record_id").is_in(ids.implode())))
+        if s in delta:
+            parts.append(delta[s])
+        if parts:
+            sub_paths[s] = work / f"subset_{s}.parquet"
+            pl.concat(parts, how="diagonal_relaxed").write_parquet(sub_paths[s])
+    n_subset = sum(pl.scan_parquet(p).select(pl.len()).collect().item() for p in sub_paths.values())
+    lap("subset")
+
+    # ---- state records after the delivery (for TF and lambda) ---------------------------
+    new_records = {}
+    for s in spec.sources:
+        old = records.get(s)
+        if s in delta:
+            d = delta[s]
+            base = old.filter(~pl.col("record_id").is_in(d["record_id"].implode())) if old is not None else None
+            new_records[s] = pl.concat([base, d], how="diagonal_relaxed") if base is not None else d
+        elif old is not None:
+            new_records[s] = old
+    counts = {s: df.height for s, df in new_records.items()}
+    tf_counts = _name_tf_counts(new_records, spec)
+    model_path = _scaled_model(st.path("model.json"), meta["lambda_basis"], counts, work / "model_scaled.json")
+    n_total = sum(counts.values())
+    spec2 = dataclasses.replace(spec, reuse_model=model_path,
+                                tf_min_u=spec.tf_min_u if spec.tf_min_u else 1.0 / max(n_total, 1),
+                                labels=None)
+    lap("prepare_model")
+
+    with _engine_overrides(tf_counts):
+        link(sub_paths, spec2, work / "link", progress=progress)
+    lap("link_subset")
+
+    # ---- map the subset's clusters onto the stable keys ---------------------------------
+    scl = pl.read_parquet(work / "link" / "clusters.parquet")
+    old_map = cw.select("source", "record_id", pl.col("person_key").alias("old_key"))
+    a = scl.select("source", "record_id", pl.col("person_id").alias("cluster"), "link_method",
+                   "link_probability").join(old_map, on=["source", "record_id"], how="left")
+    m, next_key = map_keys(a.select("source", "record_id", "cluster", "old_key"), meta["next_key"])
+    a = a.join(m, on="cluster", how="left")
+    olds = a.filter(pl.col("old_key").is_not_null())
+    merges, splits = _events(olds)
+    spairs = pl.read_parquet(work / "link" / "pairs.parquet")
+    for ev in merges + splits:
+        recs = set(ev["records"]) if isinstance(ev["records"], list) else {
+            r for v in ev["records"].values() for r in v}
+        ev["pairs"] = _event_pairs(spairs, recs)
+        ev["status"] = "applied" if policy == "apply" else "held"
+    # records of a held event keep their old key; everything else takes its cluster's key
+    if policy == "hold":
+        held_keys = {e["key"] for e in merges} | {e["key"] for e in splits} | {e["into"] for e in merges}
+        a = a.with_columns(pl.when(pl.col("old_key").is_not_null() & pl.col("old_key").is_in(list(held_keys)))
+                           .then(pl.col("old_key")).otherwise(pl.col("key")).alias("final"))
+    else:
+        a = a.with_columns(pl.col("key").alias("final"))
+    # new records: join an existing person or start a new one
+    newrec = a.filter(pl.col("old_key").is_null())
+    existing_keys = set(cw["person_key"].unique().to_list())
+    joined = int(newrec.filter(pl.col("final").is_in(list(existing_keys))).height)
+    new_persons = int(newrec.filter(~pl.col("final").is_in(list(existing_keys)))["final"].n_unique())
+    lap("map_keys")
+
+    # ---- new state ----------------------------------------------------------------------
+    sub_ids = a.select("source", "record_id")
+    cw_new = pl.concat([
+        cw.join(sub_ids, on=["source", "record_id"], how="anti"),
+        a.select("source", "record_id", pl.col("final").alias("person_key"), "link_method", "link_probability"),
+    ], how="vertical_relaxed")
+    old_pairs = pl.read_parquet(st.path("pairs.parquet"))
+    sub_set = sub_ids.with_columns(pl.lit(True).alias("_in"))
+    old_pairs = (old_pairs
+                 .join(sub_set.rename({"source": "source_l", "record_id": "record_id_l", "_in": "_inl"}),
+                       on=["source_l", "record_id_l"], how="left")
+                 .join(sub_set.rename({"source": "source_r", "record_id": "record_id_r", "_in": "_inr"}),
+                       on=["source_r", "record_id_r"], how="left")
+                 .filter(pl.col("_inl").is_null() & pl.col("_inr").is_null()).drop("_inl", "_inr"))
+    new_pairs = spairs.filter(pl.col("linked"))
+    pairs_all = pl.concat([old_pairs, new_pairs], how="diagonal_relaxed")
+    changed_rec = a.filter(pl.col("old_key").is_not_null() & (pl.col("old_key") != pl.col("final")))
+    hist_rows = [
+        newrec.select(pl.when(pl.col("final").is_in(list(existing_keys))).then(pl.lit("join"))
+                      .otherwise(pl.lit("new_person")).alias("event"),
+                      pl.col("final").alias("person_key"), pl.lit(None, pl.String).alias("other_key"),
+                      "source", "record_id", pl.lit("applied").alias("status")),
+        changed_rec.select(pl.lit("rekey").alias("event"), pl.col("final").alias("person_key"),
+                           pl.col("old_key").alias("other_key"), "source", "record_id",
+                           pl.lit("applied").alias("status")),
+    ]
+    ev_rows = []
+    for e in merges:
+        for r in e["records"]:
+            s_, rid = r.split(":", 1)
+            ev_rows.append(("merge", e["into"], e["key"], s_, rid, e["status"]))
+    for e in splits:
+        for k, recs in e["records"].items():
+            if k == e["key"]:
+                continue
+            for r in recs:
+                s_, rid = r.split(":", 1)
+                ev_rows.append(("split", k, e["key"], s_, rid, e["status"]))
+    if ev_rows:
+        hist_rows.append(pl.DataFrame(ev_rows, schema=["event", "person_key", "other_key", "source", "record_id",
+                                                       "status"], orient="row"))
+    hist_new = pl.concat(hist_rows, how="vertical_relaxed").select(
+        pl.lit(run_id).alias("run_id"), pl.lit(_now()).alias("at"), pl.all())
+    history = pl.concat([pl.read_parquet(st.path("history.parquet")), hist_new], how="vertical_relaxed")
+    keys_new = pl.concat([keys.join(dkeys.select("source", "record_id"), on=["source", "record_id"], how="anti"),
+                          dkeys], how="vertical_relaxed")
+    lap("merge_state")
+
+    for s in delta:
+        _write(new_records[s], st.path(f"records_{s}.parquet"))
+    _write(keys_new, st.path("keys.parquet"))
+    _write(cw_new, st.path("crosswalk.parquet"))
+    _write(pairs_all, st.path("pairs.parquet"))
+    _write(history, st.path("history.parquet"))
+    meta.update({"updated": _now(), "runs": meta["runs"] + [run_id], "next_key": next_key, "counts": counts})
+    _write_text(st.path("meta.json"), json.dumps(meta, indent=1))
+    lap("write_state")
+
+    # ---- outputs --------------------------------------------------------------------------
+    size = cw_new.group_by("person_key").len("cluster_size")
+    clusters = cw_new.join(size, on="person_key").select(
+        "source", "record_id", pl.col("person_key").alias("person_id"), "link_method", "link_probability",
+        pl.col("cluster_size").cast(pl.Int32))
+    _write(clusters, out_dir / "clusters.parquet")
+    _write(pairs_all, out_dir / "pairs.parquet")
+    shutil.copyfile(st.path("model.json"), out_dir / "model.json")
+    lap("write_outputs")
+
+    result = {"new_records": int(n_new), "changed_records": int(n_changed), "unchanged_records": int(n_unchanged),
+              "joined_existing": joined, "new_persons": new_persons, "merges": len(merges), "splits": len(splits),
+              "held": sum(e["status"] == "held" for e in merges + splits) if policy == "hold" else 0,
+              "records_rekeyed": int(changed_rec.height), "subset_records": int(n_subset),
+              "records_total": int(clusters.height), "persons_total": int(size.height),
+              "policy": policy, "seconds": round(time.perf_counter() - t0, 3)}
+    if truth is not None:
+        t = pl.read_parquet(truth).select(pl.col("source").cast(pl.String), pl.col("record_id").cast(pl.String),
+                                          pl.col("person_id").cast(pl.String))
+        result["f1_overall"] = round(pairwise_f1(clusters, t)["f1"], 6)
+    report = {"run_id": run_id, "policy": policy, "counts": result, "timings_seconds": timings,
+              "merges": merges, "splits": splits}
+    (out_dir / "incremental_report.json").write_text(json.dumps(report, indent=1, default=str))
+    (out_dir / "incremental_report.md").write_text(report_markdown(report))
+    if not keep_work:
+        shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def report_markdown(report: dict) -> str:
+    """The merges / splits section for the linkage report (restricted zone)."""
+    c = report["counts"]
+    lines = [f"## Incremental linkage ({report['run_id']}, policy: {report['policy']})", "",
+             f"New records {c['new_records']}, changed {c['changed_records']}, joined existing people "
+             f"{c['joined_existing']}, new people {c['new_persons']}, merges {c['merges']}, splits {c['splits']}"
+             f" (linked as a subset of {c['subset_records']} records).", ""]
+    if "full_relink" in report:
+        f = report["full_relink"]
+        lines += [f"Against a full relink: pairwise F1 {f['pairwise_f1']:.6f}, records whose person differs "
+                  f"{f['records_person_differs']}.", ""]
+    if report["merges"] or report["splits"]:
+        lines += ["| change | key | into | status | records | pairs | max weight | min weight |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for kind, evs in (("merge", report["merges"]), ("split", report["splits"])):
+            for e in evs:
+                recs = e["records"] if isinstance(e["records"], list) else [r for v in e["records"].values() for r in v]
+                into = e["into"] if isinstance(e["into"], str) else ", ".join(e["into"])
+                ws = [p["match_weight"] for p in e.get("pairs", [])]
+                mx = f"{max(ws):.2f}" if ws else ""
+                mn = f"{min(ws):.2f}" if ws else ""
+                lines.append(f"| {kind} | {e['key']} | {into} | {e['status']} | {len(recs)} | {len(ws)} | {mx} | {mn} |")
+    else:
+        lines.append("No merges or splits.")
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- full relink
+
+def relink_full(state_dir: Path, spec, out_dir: Path, *, adopt: bool = False, policy: str = "apply",
+                truth: Path | None = None, progress=None) -> dict:
+    """Relink every record of the state from scratch (a new model) and compare with the
+    incremental crosswalk: pairwise F1 between the two clusterings and the records whose
+    person differs. With adopt=True the relink becomes the state (keys mapped by overlap,
+    merges/splits under `policy`, the new model stored)."""
+    from etl.linkage import link
+
+    t0 = time.perf_counter()
+    st = State(state_dir)
+    meta = st.meta()
+    out_dir = Path(out_dir)
+    spec2 = dataclasses.replace(spec, reuse_model=None)
+    summary = link(st.record_paths(spec), spec2, out_dir, truth=truth, progress=progress)
+    full = pl.read_parquet(out_dir / "clusters.parquet")
+    cw = pl.read_parquet(st.path("crosswalk.parquet"))
+    cmp = pairwise_f1(cw.rename({"person_key": "person_id"}), full)
+    a = full.select("source", "record_id", pl.col("person_id").alias("cluster"), "link_method",
+                    "link_probability").join(cw.select("source", "record_id", pl.col("person_key").alias("old_key")),
+                                             on=["source", "record_id"], how="left")
+    m, next_key = map_keys(a.select("source", "record_id", "cluster", "old_key"), meta["next_key"])
+    a = a.join(m, on="cluster", how="left")
+    differs = int(a.filter(pl.col("key") != pl.col("old_key")).height)
+    merges, splits = _events(a.filter(pl.col("old_key").is_not_null()))
+    result = {"records": int(full.height), "pairwise_f1_vs_incremental": round(cmp["f1"], 6),
+              "records_person_differs": differs, "merges": len(merges), "splits": len(splits),
+              "f1_overall": summary.get("f1_overall"), "adopted": False}
+    if truth is not None:
+        t = pl.read_parquet(truth).select(pl.col("source").cast(pl.String), pl.col("record_id").cast(pl.String),
+                                          pl.col("person_id").cast(pl.String))
+        result["f1_full_vs_truth"] = round(pairwise_f1(full, t)["f1"], 6)
+        result["f1_incremental_vs_truth"] = round(
+            pairwise_f1(cw.rename({"person_key": "person_id"}), t)["f1"], 6)
+    if adopt:
+        if policy == "hold":
+            held = {e["key"] for e in merges} | {e["into"] for e in merges} | {e["key"] for e in splits}
+            a = a.with_columns(pl.when(pl.col("old_key").is_in(list(held))).then(pl.col("old_key"))
+                               .otherwise(pl.col("key")).alias("key"))
+        cw_new = a.select("source", "record_id", pl.col("key").alias("person_key"), "link_method", "link_probability")
+        _write(cw_new, st.path("crosswalk.parquet"))
+        _write(pl.read_parquet(out_dir / "pairs.parquet").filter(pl.col("linked")), st.path("pairs.parquet"))
+        shutil.copyfile(out_dir / "model.json", st.path("model.json"))
+        model_json = json.loads((out_dir / "model.json").read_text())
+        counts = {s: pl.scan_parquet(p).select(pl.len()).collect().item() for s, p in st.record_paths(spec).items()}
+        run_id = f"full-{_now()}"
+        meta.update({"updated": _now(), "runs": meta["runs"] + [run_id], "next_key": next_key, "counts": counts,
+                     "lambda_basis": _lambda_basis(model_json, counts)})
+        _write_text(st.path("meta.json"), json.dumps(meta, indent=1))
+        size = cw_new.group_by("person_key").len("cluster_size")
+        _write(cw_new.join(size, on="person_key").select(
+            "source", "record_id", pl.col("person_key").alias("person_id"), "link_method", "link_probability",
+            pl.col("cluster_size").cast(pl.Int32)), out_dir / "clusters.parquet")
+        result["adopted"] = True
+    report = {"full_relink": {"pairwise_f1": cmp["f1"], "records_person_differs": differs,
+                              "precision": cmp["precision"], "recall": cmp["recall"]},
+              "merges": merges, "splits": splits, "counts": result}
+    (out_dir / "full_relink_comparison.json").write_text(json.dumps(report, indent=1, default=str))
+    result["seconds"] = round(time.perf_counter() - t0, 2)
+    return result
+
+
+# ----------------------------------------------------------------------------- yearly deliveries
+
+YEAR_OF = {"admission": pl.col("cycle_year"), "training": pl.col("entry_year"),
+           "registration": pl.coalesce(pl.col("application_year"), pl.col("graduation_year"))}
+
+
+def split_by_year(std_paths: dict[str, Path], out_root: Path, bounds: list[int]) -> list[dict[str, Path]]:
+    """Split standardised extracts into deliveries by year (admission cycle_year, training
+    entry_year, registration application_year or, for register-only rows, graduation_year).
+    Delivery 0 holds years <= bounds[0] (and rows without a year), delivery i years in
+    (bounds[i-1], bounds[i]], the last one everything after bounds[-1]."""
+    out_root = Path(out_root)
+    n = len(bounds) + 1
+    deliveries: list[dict[str, Path]] = [{} for _ in range(n)]
+    for s, p in std_paths.items():
+        df = pl.read_parquet(p)
+        y = df.select(YEAR_OF[s].cast(pl.Int32, strict=False).alias("y"))["y"].to_numpy()
+        b = np.searchsorted(np.asarray(bounds), np.where(np.isnan(y.astype(float)), -1, y), side="left")
+        for i in range(n):
+            part = df.filter(pl.Series(b == i))
+            d = out_root / f"delivery_{i}"
+            d.mkdir(parents=True, exist_ok=True)
+            part.write_parquet(d / f"{s}.parquet")
+            deliveries[i][s] = d / f"{s}.parquet"
+    return deliveries
