@@ -117,25 +117,33 @@ def protect(cfg: Config, run_id: str, assemble_summary: dict, ingest_summaries: 
 
 def input_vocab(ingest_paths: list[Path]) -> dict:
     """Names and identifiers of the delivery, for the leak scanner. Stays in
-    memory inside the restricted zone; never returned from a task."""
+    memory inside the restricted zone; never returned from a task. Values are
+    unique polars Series (no Python object per value); dates of birth a set."""
     import polars as pl
-    vocab: dict[str, set] = {"names": set(), "identifiers": set(), "dates_of_birth": set(),
-                             "postcodes": set(), "emails": set()}
+    parts: dict[str, list] = {"names": [], "identifiers": [], "dates_of_birth": [], "postcodes": [], "emails": []}
     for p in ingest_paths:
-        df = pl.read_parquet(p)
+        cols = pl.read_parquet_schema(p)
+        want = [c for c in ("forenames", "surname", "preferred_name", "other_names", "ucas_personal_id",
+                            "gmc_number", "record_id", "date_of_birth", "postcode", "email") if c in cols]
+        df = pl.read_parquet(p, columns=want)
         for c in ("forenames", "surname", "preferred_name", "other_names"):
             if c in df.columns:
-                vocab["names"].update(df[c].drop_nulls().str.split(" ").explode().unique().to_list())
+                parts["names"].append(df[c].drop_nulls().str.split(" ").explode().unique())
         for c in ("ucas_personal_id", "gmc_number", "record_id"):
             if c in df.columns:
-                vocab["identifiers"].update(df[c].drop_nulls().unique().to_list())
+                parts["identifiers"].append(df[c].drop_nulls().cast(pl.String).unique())
         if "date_of_birth" in df.columns:
-            vocab["dates_of_birth"].update(df["date_of_birth"].drop_nulls().unique().to_list())
+            parts["dates_of_birth"].append(df["date_of_birth"].drop_nulls().unique())
         if "postcode" in df.columns:
-            vocab["postcodes"].update(df["postcode"].drop_nulls().unique().to_list())
+            parts["postcodes"].append(df["postcode"].drop_nulls().unique())
         if "email" in df.columns:
-            vocab["emails"].update(df["email"].drop_nulls().unique().to_list())
-    vocab["names"].discard("")
+            parts["emails"].append(df["email"].drop_nulls().unique())
+    vocab: dict = {}
+    for k, ss in parts.items():
+        s = pl.concat([x.alias(k) for x in ss]).unique() if ss else pl.Series(k, [], dtype=pl.String)
+        vocab[k] = s
+    vocab["names"] = vocab["names"].filter(vocab["names"] != "")
+    vocab["dates_of_birth"] = set(vocab["dates_of_birth"].to_list())
     return vocab
 
 

@@ -286,13 +286,16 @@ def protect(doctors_path: str | Path, events_path: str | Path, rules: Rules, key
     t2 = time.perf_counter()
     vocab = dict(input_vocab or {})
     if "date_of_birth" in d.columns:
-        vocab["dates_of_birth"] = set(vocab.get("dates_of_birth") or ()) | set(
-            d.get_column("date_of_birth").drop_nulls().to_list())
-    extra_ids = d.get_column(pf).cast(pl.String).to_list()
+        prev_dobs = vocab.get("dates_of_birth")
+        prev_dobs = prev_dobs.to_list() if isinstance(prev_dobs, pl.Series) else (prev_dobs or ())
+        vocab["dates_of_birth"] = set(prev_dobs) | set(
+            d.get_column("date_of_birth").drop_nulls().unique().to_list())
+    extra_ids = [d.get_column(pf).cast(pl.String)]
     if e is not None and "record_id" in e.columns:
-        extra_ids += e.get_column("record_id").drop_nulls().unique().to_list()
-    scan = scan_release(staging, vocab, rules=rules, key=key, extra_identifiers=extra_ids,
-                        restricted_values=mapping.get_column("person_key").to_list())
+        extra_ids.append(e.get_column("record_id").drop_nulls().unique().cast(pl.String))
+    scan = scan_release(staging, vocab, rules=rules, key=key, extra_identifiers=pl.concat(extra_ids),
+                        restricted_values=mapping.get_column("person_key"),
+                        issued_tokens=mapping.get_column(rules.pseudonym_output))
     timings["scan"] = round(time.perf_counter() - t2, 3)
 
     # consistency of pseudonyms within the release, and against the previous one

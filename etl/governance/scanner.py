@@ -77,66 +77,150 @@ def nhs_check_ok(digits: str) -> bool:
 
 # ---------------------------------------------------------------------- vocabulary
 
+def _nonempty(x) -> bool:
+    if x is None:
+        return False
+    if isinstance(x, pl.Series):
+        return x.len() > 0
+    return bool(x)
+
+
+def _strings(x) -> pl.Series:
+    """Non-null values as a String Series (str() of each, as before)."""
+    if x is None:
+        return pl.Series([], dtype=pl.String)
+    if isinstance(x, pl.Series):
+        return x.drop_nulls().cast(pl.String)
+    return pl.Series([str(i) for i in x if i is not None], dtype=pl.String)
+
+
+def _sorted_unique(s: pl.Series) -> pl.Series:
+    return s.unique().sort()
+
+
+def _dates(x) -> set[dt.date]:
+    out: set[dt.date] = set()
+    if x is None:
+        return out
+    if isinstance(x, pl.Series):
+        if x.dtype in (pl.Date, pl.Datetime):
+            return set(x.drop_nulls().cast(pl.Date).unique().to_list())
+        x = x.drop_nulls().unique().to_list()
+    for d in x:
+        if isinstance(d, dt.datetime):
+            out.add(d.date())
+        elif isinstance(d, dt.date):
+            out.add(d)
+        elif isinstance(d, str):
+            try:
+                out.add(dt.date.fromisoformat(d[:10]))
+            except ValueError:
+                pass
+    return out
+
+
 class Vocabulary:
     """The delivery's identifying values, prepared for lookups. Lives in memory
-    inside the restricted zone only."""
+    inside the restricted zone only.
+
+    Each entry of `input_vocab` may be a Python iterable or a polars Series; a
+    Series is prepared without a Python loop (a national delivery holds tens of
+    millions of values). The digest table (8-byte prefixes of MD5, SHA-1,
+    SHA-256 and HMAC of every identifier, e-mail and postcode) is built on first
+    use only, i.e. only when a release cell that is not an issued pseudonym
+    looks like a hex or base64 digest (see `issued_tokens`)."""
 
     def __init__(self, input_vocab: dict | None, *, key=None, extra_identifiers: Iterable[str] = (),
-                 restricted_values: Iterable[str] = (), allow_tokens: Iterable[str] = ()):
+                 restricted_values: Iterable[str] = (), allow_tokens: Iterable[str] = (),
+                 issued_tokens: Iterable[str] = ()):
         v = input_vocab or {}
-        self.has = {k: bool(v.get(k)) for k in ("names", "identifiers", "dates_of_birth", "postcodes", "emails")}
-        allow = {t.upper() for t in allow_tokens}
-        self.names = {str(n).upper() for n in v.get("names", ()) if n and len(str(n)) >= 3} - allow
-        ids = {str(i).strip() for i in v.get("identifiers", ()) if i is not None}
-        ids |= {str(i).strip() for i in extra_identifiers if i is not None}
-        self.identifiers = {i for i in ids if len(i) >= 6}
-        self.emails = {str(e).strip().lower() for e in v.get("emails", ()) if e}
-        self.postcodes = {re.sub(r"\s+", "", str(p)).upper() for p in v.get("postcodes", ()) if p}
-        self.dobs: set[dt.date] = set()
-        for d in v.get("dates_of_birth", ()):
-            if isinstance(d, dt.datetime):
-                self.dobs.add(d.date())
-            elif isinstance(d, dt.date):
-                self.dobs.add(d)
-            elif isinstance(d, str):
-                try:
-                    self.dobs.add(dt.date.fromisoformat(d[:10]))
-                except ValueError:
-                    pass
-        self.restricted = {str(x) for x in restricted_values if x}
-        # polars Series built once (is_in on a Python set per column is slow)
-        self.s_names = pl.Series(sorted(self.names), dtype=pl.String)
-        self.s_ids = pl.Series(sorted(self.identifiers), dtype=pl.String)
-        self.s_emails = pl.Series(sorted(self.emails), dtype=pl.String)
-        self.s_postcodes = pl.Series(sorted(self.postcodes), dtype=pl.String)
-        self.s_restricted = pl.Series(sorted(self.restricted), dtype=pl.String)
+        self.has = {k: _nonempty(v.get(k)) for k in ("names", "identifiers", "dates_of_birth", "postcodes", "emails")}
+        allow = pl.Series(sorted({t.upper() for t in allow_tokens}), dtype=pl.String)
+        names = _strings(v.get("names"))
+        names = names.filter(names.str.len_chars() >= 3).str.to_uppercase()
+        self.s_names = _sorted_unique(names.filter(~names.is_in(allow.implode())))
+        ids = pl.concat([_strings(v.get("identifiers")), _strings(extra_identifiers)]).str.strip_chars()
+        self._all_ids = ids
+        self.s_ids = _sorted_unique(ids.filter(ids.str.len_chars() >= 6))
+        em = _strings(v.get("emails"))
+        self.s_emails = _sorted_unique(em.filter(em != "").str.strip_chars().str.to_lowercase())
+        pc = _strings(v.get("postcodes"))
+        self.s_postcodes = _sorted_unique(pc.filter(pc != "").str.replace_all(r"\s+", "").str.to_uppercase())
+        self.dobs: set[dt.date] = _dates(v.get("dates_of_birth"))
+        rv = _strings(restricted_values)
+        self.s_restricted = _sorted_unique(rv.filter(rv != ""))
         self.s_dobs = pl.Series(sorted(self.dobs), dtype=pl.Date)
-        self.digest_prefixes = self._digests(ids | self.emails | self.postcodes, key)
+        self.s_issued = _sorted_unique(_strings(issued_tokens))
+        self._key = key
+        self._digest_prefixes: np.ndarray | None = None
+        self.n_digest_inputs = int(pl.concat([self._all_ids, self.s_emails, self.s_postcodes]).n_unique()) \
+            if (self._all_ids.len() or self.s_emails.len() or self.s_postcodes.len()) else 0
+
+    # sizes and truthiness, as the sets of earlier versions offered them
+    @property
+    def names(self) -> pl.Series:
+        return self.s_names
+
+    @property
+    def identifiers(self) -> pl.Series:
+        return self.s_ids
+
+    @property
+    def emails(self) -> pl.Series:
+        return self.s_emails
+
+    @property
+    def postcodes(self) -> pl.Series:
+        return self.s_postcodes
+
+    @property
+    def restricted(self) -> pl.Series:
+        return self.s_restricted
+
+    @property
+    def digest_prefixes(self) -> np.ndarray:
+        if self._digest_prefixes is None:
+            vals = pl.concat([self._all_ids, self.s_emails, self.s_postcodes]).unique().to_list()
+            self._digest_prefixes = self._digests(vals, self._key)
+        return self._digest_prefixes
+
+    @property
+    def digests_computed(self) -> bool:
+        return self._digest_prefixes is not None
 
     @staticmethod
-    def _digests(values: set[str], key) -> np.ndarray:
+    def _digests(values, key) -> np.ndarray:
         """Sorted uint64 of the first 8 bytes of every digest of every value:
         MD5, SHA-1, SHA-256 and (with the key) HMAC-SHA256 of the value, and
         SHA-256 / HMAC of it under the domain prefix its shape suggests
         (gmc| for 7 digits, ucas| for 10 digits, person| otherwise)."""
-        out = bytearray()
         secret = key._secret if key is not None else None  # noqa: SLF001
         sha256, md5, sha1, hd = hashlib.sha256, hashlib.md5, hashlib.sha1, hmac.digest
+        chunks = []
         for v in values:
             b = v.encode()
             dom = b"gmc|" if (len(v) == 7 and v.isdigit()) else (b"ucas|" if (len(v) == 10 and v.isdigit())
                                                                  else b"person|")
-            out += sha256(b).digest()[:8]
-            out += md5(b).digest()[:8]
-            out += sha1(b).digest()[:8]
-            out += sha256(dom + b).digest()[:8]
+            chunks.append(sha256(b).digest()[:8])
+            chunks.append(md5(b).digest()[:8])
+            chunks.append(sha1(b).digest()[:8])
+            chunks.append(sha256(dom + b).digest()[:8])
             if secret is not None:
-                out += hd(secret, b, "sha256")[:8]
-                out += hd(secret, dom + b, "sha256")[:8]
-        if not out:
+                chunks.append(hd(secret, b, "sha256")[:8])
+                chunks.append(hd(secret, dom + b, "sha256")[:8])
+        if not chunks:
             return np.zeros(0, dtype=np.uint64)
-        arr = np.sort(np.frombuffer(bytes(out), dtype=">u8").astype(np.uint64))
-        return arr[np.concatenate(([True], arr[1:] != arr[:-1]))]
+        arr = np.frombuffer(b"".join(chunks), dtype=">u8").astype(np.uint64)
+        return np.unique(arr)
+
+    def issued(self, vals: pl.Series) -> pl.Series:
+        """Which values are pseudonyms the pseudonymiser issued for this release
+        (random tokens, or HMACs under a per-release derived key: neither is in
+        the digest family above, and tests/test_governance_release.py checks
+        that no pseudonym is a digest of any identifier)."""
+        if self.s_issued.len() == 0:
+            return pl.Series([False] * vals.len(), dtype=pl.Boolean)
+        return _isin(vals, self.s_issued)
 
     def digest_hit_ints(self, arr: np.ndarray) -> np.ndarray:
         if arr.size == 0 or self.digest_prefixes.size == 0:
@@ -205,11 +289,11 @@ def scan_strings(uniq: pl.DataFrame, vocab: Vocabulary) -> dict[str, int]:
     norm = vals.str.strip_chars()
     # e-mails and postcodes (pattern or vocabulary)
     email = flags["email"]
-    if vocab.emails:
+    if vocab.s_emails.len():
         email = email | _isin(norm.str.to_lowercase(), vocab.s_emails)
     c["email"] = count(email)
     pc = flags["postcode"]
-    if vocab.postcodes:
+    if vocab.s_postcodes.len():
         pc = pc | _isin(norm.str.replace_all(r"\s+", "").str.to_uppercase(), vocab.s_postcodes)
     c["postcode"] = count(pc)
     c["gmc_number"] = count(flags["gmc"])
@@ -227,7 +311,7 @@ def scan_strings(uniq: pl.DataFrame, vocab: Vocabulary) -> dict[str, int]:
         c["ucas_id"] = int(sub.get_column("n").sum())
         c["nhs_number"] = int(sub.get_column("n").filter(pl.Series(nhs, dtype=pl.Boolean)).sum())
     # names: whole alphabetic words of >= 3 letters
-    if vocab.names:
+    if vocab.s_names.len():
         words = (uniq.with_row_index("__r")
                      .select("__r", v.str.to_uppercase().str.extract_all(r"[A-Z0-9]+").alias("w"))
                      .explode("w")
@@ -246,21 +330,26 @@ def scan_strings(uniq: pl.DataFrame, vocab: Vocabulary) -> dict[str, int]:
                 n_hit += n
         c["date_of_birth"] = n_hit
     # identifiers verbatim (also digits-only forms)
-    if vocab.identifiers:
+    if vocab.s_ids.len():
         ident = _isin(norm, vocab.s_ids) | _isin(norm.str.replace_all(r"[^0-9A-Za-z]", ""), vocab.s_ids)
         c["identifier"] = count(ident)
-    if vocab.restricted:
+    if vocab.s_restricted.len():
         c["restricted_value"] = count(_isin(norm, vocab.s_restricted))
-    # digests: whole-hex values vectorised (first 16 hex = 64 bits), the rest one by one
-    if vocab.digest_prefixes.size and (flags["hex"].any() or flags["b64"].any()):
+    # digests: whole-hex values vectorised (first 16 hex = 64 bits), the rest one by one.
+    # Values that are pseudonyms issued for this release are not digest candidates; the
+    # digest table is built (once) only if some other candidate is present.
+    cand = (flags["hex"] | flags["b64"])
+    if vocab.n_digest_inputs and cand.any():
+        cand = cand & ~vocab.issued(vals)
+    if vocab.n_digest_inputs and cand.any():
         n_hit = 0
-        full = uniq.filter(flags["fullhex"])
+        full = uniq.filter(flags["fullhex"] & cand)
         if full.height:
             hi = full.get_column("v").str.slice(0, 8).str.to_integer(base=16).cast(pl.UInt64).to_numpy()
             lo = full.get_column("v").str.slice(8, 8).str.to_integer(base=16).cast(pl.UInt64).to_numpy()
             hit = vocab.digest_hit_ints((hi << np.uint64(32)) | lo)
             n_hit += int(full.get_column("n").to_numpy()[hit].sum())
-        rest = uniq.filter((flags["hex"] | flags["b64"]) & ~flags["fullhex"])
+        rest = uniq.filter(cand & ~flags["fullhex"])
         for s_, n in rest.select("v", "n").iter_rows():
             cands = re.findall(RE_HEX, s_)
             for b in re.findall(RE_B64, s_):
@@ -298,7 +387,7 @@ def scan_column(s: pl.Series, vocab: Vocabulary) -> tuple[dict[str, int], str | 
         c["ucas_id"] = int(((x >= 1_000_000_000) & (x <= 9_999_999_999)).sum())
         c["nhs_number"] = int(sum(nhs_check_ok(f"{int(t):010d}") for t in ten.to_list()))
         strs = x.cast(pl.String)
-        if vocab.identifiers:
+        if vocab.s_ids.len():
             c["identifier"] = int(_isin(strs, vocab.s_ids).sum())
         if vocab.dobs:
             c["date_of_birth"] = sum(any(d in vocab.dobs for d in _parse_dates(t))
@@ -329,8 +418,13 @@ def scan_column(s: pl.Series, vocab: Vocabulary) -> tuple[dict[str, int], str | 
 # ---------------------------------------------------------------------- release
 
 def scan_release(release_dir: str | Path, input_vocab: dict | None = None, *, rules=None, key=None,
-                 extra_identifiers: Iterable[str] = (), restricted_values: Iterable[str] = ()) -> dict[str, Any]:
+                 extra_identifiers: Iterable[str] = (), restricted_values: Iterable[str] = (),
+                 issued_tokens: Iterable[str] = ()) -> dict[str, Any]:
     """Scan every column of every Parquet file under `release_dir`.
+
+    `issued_tokens`: the pseudonyms protect() issued for this release; cells equal to one
+    are checked by every detector except ``digest`` (they are random or keyed under a
+    per-release key, never a digest of an input: tests/test_governance_release.py).
 
     Returns ``{"counts": {detector: {"table.column": n}}, "totals": {detector: n},
     "total": n, "clean": bool, "allow_list": {...}, "not_run": {...}, ...}``.
@@ -338,7 +432,8 @@ def scan_release(release_dir: str | Path, input_vocab: dict | None = None, *, ru
     release_dir = Path(release_dir)
     allow_tokens = rules.label_tokens() if rules is not None else set()
     vocab = Vocabulary(input_vocab, key=key, extra_identifiers=extra_identifiers,
-                       restricted_values=restricted_values, allow_tokens=allow_tokens)
+                       restricted_values=restricted_values, allow_tokens=allow_tokens,
+                       issued_tokens=issued_tokens)
     counts: dict[str, dict[str, int]] = {d: {} for d in DETECTORS}
     rows, skipped, columns = {}, {}, []
     tables: dict[str, list[str]] = {}
@@ -364,15 +459,17 @@ def scan_release(release_dir: str | Path, input_vocab: dict | None = None, *, ru
         not_run["name"] = "no name vocabulary supplied"
     if not vocab.dobs:
         not_run["date_of_birth"] = "no dates of birth supplied"
-    if not vocab.identifiers and not vocab.digest_prefixes.size:
+    if not vocab.s_ids.len() and not vocab.n_digest_inputs:
         not_run["identifier"] = not_run["digest"] = "no identifiers supplied"
     total = sum(totals.values())
     return {"detectors": list(DETECTORS), "counts": counts, "totals": totals, "total": total,
             "columns_scanned": len(columns), "rows": rows, "not_scanned": skipped,
             "not_run": not_run, "allow_list": allow,
-            "vocabulary_sizes": {"names": len(vocab.names), "identifiers": len(vocab.identifiers),
-                                 "dates_of_birth": len(vocab.dobs), "postcodes": len(vocab.postcodes),
-                                 "emails": len(vocab.emails), "digest_prefixes": int(vocab.digest_prefixes.size)},
+            "vocabulary_sizes": {"names": vocab.s_names.len(), "identifiers": vocab.s_ids.len(),
+                                 "dates_of_birth": len(vocab.dobs), "postcodes": vocab.s_postcodes.len(),
+                                 "emails": vocab.s_emails.len(), "digest_inputs": vocab.n_digest_inputs,
+                                 "digest_prefixes": (int(vocab.digest_prefixes.size) if vocab.digests_computed
+                                                     else "not built: no digest-like cell other than issued pseudonyms")},
             "clean": total == 0 and allow["ok"]}
 
 
