@@ -251,16 +251,55 @@ def _design(sub: pl.DataFrame, exposure: pl.DataFrame) -> tuple[np.ndarray, list
     return np.column_stack(cols), names
 
 
+def _grouped(y: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct (X row, y) patterns with their counts. The design is dummies,
+    sex and a banded or per-doctor score, so a million doctors collapse to a
+    few thousand patterns; the Logit likelihood, score and Hessian are the
+    count-weighted sums over them, so the fit is the same."""
+    cols = {f"x{i}": X[:, i] for i in range(X.shape[1])}
+    cols["y"] = y
+    g = pl.DataFrame(cols).group_by(list(cols), maintain_order=True).len("n")
+    return (g.get_column("y").to_numpy(), g.drop("y", "n").to_numpy().astype(np.float64),
+            g.get_column("n").to_numpy().astype(np.float64))
+
+
+def _weighted_logit(y: np.ndarray, X: np.ndarray, w: np.ndarray):
+    """statsmodels Logit on frequency-weighted rows (same Newton fit, same
+    perfect-prediction check, covariance from the weighted Hessian)."""
+    import statsmodels.api as sm
+
+    class _FreqLogit(sm.Logit):
+        def loglike(self, params):
+            q = 2 * self.endog - 1
+            return float(np.sum(w * np.log(self.cdf(q * np.dot(self.exog, params)))))
+
+        def loglikeobs(self, params):
+            q = 2 * self.endog - 1
+            return w * np.log(self.cdf(q * np.dot(self.exog, params)))
+
+        def score(self, params):
+            return np.dot(w * (self.endog - self.predict(params)), self.exog)
+
+        def score_obs(self, params):
+            return (w * (self.endog - self.predict(params)))[:, None] * self.exog
+
+        def hessian(self, params):
+            L = self.predict(params)
+            return -np.dot(w * L * (1 - L) * self.exog.T, self.exog)
+
+    return _FreqLogit(y, X)
+
+
 def _fit(y: np.ndarray, X: np.ndarray, names: list[str], terms: list[str]) -> dict | None:
     """Logit fit; {term: {or, ci_low, ci_high, p_value}} for the terms estimated."""
-    import statsmodels.api as sm
     keep = np.ptp(X, axis=0) > 0
     keep[0] = True
     X, names = X[:, keep], [n for n, k in zip(names, keep) if k]
+    yg, Xg, w = _grouped(y, X)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            res = sm.Logit(y, X).fit(disp=0, maxiter=100)
+            res = _weighted_logit(yg, Xg, w).fit(disp=0, maxiter=100)
         except Exception:  # noqa: BLE001 - separation / singular matrix: no estimate
             return None
     out = {}
