@@ -4,12 +4,14 @@ The restricted zone keeps a persistent linkage state between runs
 (`<restricted>/linkage_state/`, see docs/incremental.md):
 
     records_<source>.parquet   standardised records already linked (all columns; one row per record_id)
-    keys.parquet               per record, its 64-bit blocking key for every blocking rule
+    keys/part-<n>.parquet      per record, its 64-bit blocking key for every blocking rule
+                               (append-only parts; the latest row of a record wins)
     crosswalk.parquet          source, record_id -> person_key (stable internal key), link_method,
                                link_probability
     pairs.parquet              accepted links (pairs.parquet columns) behind the current crosswalk
     model.json                 the trained model, reused for every increment
-    history.parquet            one row per event (init, new person, join, merge, split, held ...)
+    history/part-<n>.parquet   one row per record event (init, new_person, join, rekey, merge, split),
+                               status applied / held; append-only, one part per run
     meta.json                  counts, key counter, per-task lambda basis, polars version
 
     init_state(inputs, spec, state_dir, out_dir)            full link -> state
@@ -215,6 +217,24 @@ class State:
                 out[s] = pl.read_parquet(p)
         return out
 
+    def append(self, name: str, df: pl.DataFrame) -> Path:
+        d = self.path(name)
+        d.mkdir(exist_ok=True)
+        n = len(list(d.glob("part-*.parquet")))
+        p = d / f"part-{n:06d}.parquet"
+        _write(df, p)
+        return p
+
+    def read_parts(self, name: str, dedupe: list[str] | None = None) -> pl.DataFrame:
+        parts = sorted(self.path(name).glob("part-*.parquet"))
+        df = pl.concat([pl.read_parquet(p) for p in parts], how="vertical_relaxed")
+        if dedupe and len(parts) > 1:
+            df = df.unique(dedupe, keep="last", maintain_order=True)
+        return df
+
+    def history(self) -> pl.DataFrame:
+        return self.read_parts("history")
+
     def record_paths(self, spec) -> dict[str, Path]:
         return {s: self.path(f"records_{s}.parquet") for s in spec.sources
                 if self.path(f"records_{s}.parquet").exists()}
@@ -282,7 +302,7 @@ def init_state(inputs: dict[str, Path], spec, state_dir: Path, out_dir: Path, *,
         df = pl.read_parquet(p)
         counts[s] = df.height
         _write(df, st.path(f"records_{s}.parquet"))
-    _write(_block_keys(st.record_paths(spec), spec), st.path("keys.parquet"))
+    st.append("keys", _block_keys(st.record_paths(spec), spec))
     cw = cl.select("source", "record_id", "person_key", "link_method", "link_probability")
     _write(cw, st.path("crosswalk.parquet"))
     pairs = pl.read_parquet(out_dir / "pairs.parquet").filter(pl.col("linked"))
@@ -292,7 +312,7 @@ def init_state(inputs: dict[str, Path], spec, state_dir: Path, out_dir: Path, *,
     hist = cw.select(pl.lit(run_id).alias("run_id"), pl.lit(_now()).alias("at"), pl.lit("init").alias("event"),
                      "person_key", pl.lit(None, pl.String).alias("other_key"), "source", "record_id",
                      pl.lit("applied").alias("status"))
-    _write(hist, st.path("history.parquet"))
+    st.append("history", hist)
     model_json = json.loads((out_dir / "model.json").read_text())
     meta = {"version": STATE_VERSION, "created": _now(), "updated": _now(), "runs": [run_id],
             "next_key": order.height + 1, "counts": counts,
@@ -415,7 +435,7 @@ def link_incremental(new_inputs: dict[str, Path], state_dir: Path, spec, out_dir
 
     records = st.records(spec)
     cw = pl.read_parquet(st.path("crosswalk.parquet"))
-    keys = pl.read_parquet(st.path("keys.parquet"))
+    keys = st.read_parts("keys", dedupe=["source", "record_id"])
     evid = _evidence_cols(spec)
     lap("load_state")
 
@@ -587,17 +607,14 @@ def link_incremental(new_inputs: dict[str, Path], state_dir: Path, spec, out_dir
                                                        "status"], orient="row"))
     hist_new = pl.concat(hist_rows, how="vertical_relaxed").select(
         pl.lit(run_id).alias("run_id"), pl.lit(_now()).alias("at"), pl.all())
-    history = pl.concat([pl.read_parquet(st.path("history.parquet")), hist_new], how="vertical_relaxed")
-    keys_new = pl.concat([keys.join(dkeys.select("source", "record_id"), on=["source", "record_id"], how="anti"),
-                          dkeys], how="vertical_relaxed")
     lap("merge_state")
 
     for s in delta:
         _write(new_records[s], st.path(f"records_{s}.parquet"))
-    _write(keys_new, st.path("keys.parquet"))
+    st.append("keys", dkeys)
     _write(cw_new, st.path("crosswalk.parquet"))
     _write(pairs_all, st.path("pairs.parquet"))
-    _write(history, st.path("history.parquet"))
+    st.append("history", hist_new)
     meta.update({"updated": _now(), "runs": meta["runs"] + [run_id], "next_key": next_key, "counts": counts})
     _write_text(st.path("meta.json"), json.dumps(meta, indent=1))
     lap("write_state")
@@ -608,7 +625,7 @@ def link_incremental(new_inputs: dict[str, Path], state_dir: Path, spec, out_dir
         "source", "record_id", pl.col("person_key").alias("person_id"), "link_method", "link_probability",
         pl.col("cluster_size").cast(pl.Int32))
     _write(clusters, out_dir / "clusters.parquet")
-    _write(pairs_all, out_dir / "pairs.parquet")
+    shutil.copyfile(st.path("pairs.parquet"), out_dir / "pairs.parquet")
     shutil.copyfile(st.path("model.json"), out_dir / "model.json")
     lap("write_outputs")
 
