@@ -486,12 +486,24 @@ def link_incremental(new_inputs: dict[str, Path], state_dir: Path, spec, out_dir
                              for s, v in changed_ids.items()]) if changed_ids else pl.DataFrame(
         schema={"source": pl.String, "record_id": pl.String})
     keys_old = keys.join(changed_all, on=["source", "record_id"], how="anti")
+    # an old record is a neighbour when it shares a blocking key with a delta record of a
+    # source it is compared with (a task); training|training is not a task, for example
     hit = np.zeros(keys_old.height, bool)
+    old_src = keys_old["source"].to_numpy()
+    d_src = dkeys["source"].to_numpy()
+    partners = {t: [s for s in spec.sources if (s, t) in spec.tasks or (t, s) in spec.tasks]
+                for t in spec.sources}
     for c in _rule_cols(spec):
-        dk = dkeys[c].to_numpy()
-        dk = np.unique(dk[dk != 0])
-        if dk.size:
-            hit |= np.isin(keys_old[c].to_numpy(), dk)
+        ok_all = keys_old[c].to_numpy()
+        dk_all = dkeys[c].to_numpy()
+        for t, ss in partners.items():
+            sel = old_src == t
+            if not ss or not sel.any():
+                continue
+            dk = dk_all[np.isin(d_src, ss)]
+            dk = np.unique(dk[dk != 0])
+            if dk.size:
+                hit[sel] |= np.isin(ok_all[sel], dk)
     touched = keys_old.filter(pl.Series(hit)).select("source", "record_id")
     touched_keys = (cw.join(pl.concat([touched, changed_all]), on=["source", "record_id"], how="semi")
                     ["person_key"].unique())
