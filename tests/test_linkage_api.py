@@ -103,6 +103,9 @@ def test_labels_round_trip_and_model_reuse(febrl, tmp_path):
     m1 = json.loads((febrl["out"] / "model.json").read_text())
     m2 = json.loads((tmp_path / "out2" / "model.json").read_text())
     assert m2["reused"] is True
+    rep2 = json.loads((tmp_path / "out2" / "report.json").read_text())
+    assert rep2["label_accuracy"]["pairs"] == 40
+    assert rep2["label_accuracy"]["overall"]["precision"] == 1.0   # labels are forced into the decision
     assert m2["tasks"]["a|b"]["comparisons"].keys() == m1["tasks"]["a|b"]["comparisons"].keys()
 
 

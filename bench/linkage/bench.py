@@ -124,6 +124,8 @@ def evaluate(clusters: Path, truth: Path, tasks, by: list[str]) -> dict:
 # --------------------------------------------------------------------------- running
 def run_tool(tool: str, dataset: str, data: Path, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
+    for stale in ("info.json", "clusters.parquet"):
+        (out / stale).unlink(missing_ok=True)
     cmd = [sys.executable, str(HERE / "run_tool.py"), tool, dataset, str(data), str(out)]
     t0 = time.perf_counter()
     env = dict(os.environ, PYTHONHASHSEED="0")
@@ -131,7 +133,10 @@ def run_tool(tool: str, dataset: str, data: Path, out: Path) -> dict:
     _, status, ru = os.wait4(p.pid, 0)
     wall = time.perf_counter() - t0
     if status != 0:
-        return {"error": (out / "stderr.txt").read_text()[-2000:], "wall": wall}
+        why = f"exit status {os.waitstatus_to_exitcode(status)}"
+        if os.WIFSIGNALED(status) and os.WTERMSIG(status) == 9:
+            why += " (SIGKILL: out of memory?)"
+        return {"error": why + "\n" + (out / "stderr.txt").read_text()[-1500:], "wall": wall}
     info = json.loads((out / "info.json").read_text())
     return {"wall": wall, "rss_mib": ru.ru_maxrss / 1024, **info}
 
@@ -158,7 +163,7 @@ def main() -> None:
             out = REPO / "bench" / "results" / tag / tool / str(r)
             res = run_tool(tool, a.dataset, data, out)
             if "error" in res:
-                print(f"{tool}: FAILED\n{res['error']}")
+                print(f"{tool}: FAILED after {res['wall']:.0f} s: {res['error'][:200]}")
                 break
             res["accuracy"] = evaluate(out / "clusters.parquet", data / "truth.parquet", TASKS[a.dataset], by)
             runs.append(res)

@@ -250,9 +250,15 @@ def link(inputs: dict[str, Path], spec: LinkSpec, out_dir: Path, truth: Path | N
         from etl.linkage.evaluate import evaluate
         evaluation = evaluate(rec, spec, tasks, clusters, Path(truth), rule_keys, det, sc)
         lap("evaluate")
+    label_acc = None
+    if labels is not None and labels.height:
+        from etl.linkage.evaluate import label_accuracy
+        label_acc = label_accuracy(rec, spec, labels, cl.labels)
     from etl.linkage.report import build_report
     report = build_report(rec, spec, tasks, clusters, sc, cl, det, rule_stats, hist, model, evaluation,
                           timings, n_candidates, n_review)
+    if label_acc is not None:
+        report["label_accuracy"] = label_acc
     (out_dir / "report.json").write_text(json.dumps(report, indent=1, default=_json_default))
     from etl.linkage.report_html import render_html
     (out_dir / "report.html").write_text(render_html(report))

@@ -146,3 +146,25 @@ def evaluate(rec: Records, spec, tasks, clusters: pl.DataFrame, truth_path: Path
                     "typo_precision": float(ok[det.method == 2].mean()) if (det.method == 2).any() else None}
     return {"pairwise": pairwise, "overall": overall, "by_subgroup": by_group, "blocking_recall": rules,
             "deterministic": det_prec}
+
+
+def label_accuracy(rec: Records, spec, labels: pl.DataFrame, cluster_labels: np.ndarray) -> dict:
+    """Precision / recall / F1 on clerically labelled pairs (label 1 = match):
+    a labelled pair is predicted linked when its records share a person. Labelled
+    pairs are forced into the decision, so this measures agreement with the
+    labels after refinement; it is not an independent estimate unless the labels
+    were held out. Overall and by subgroup of the left record."""
+    gl, gr = labels["gl"].to_numpy(), labels["gr"].to_numpy()
+    lab = labels["label"].to_numpy() == 1
+    pred = cluster_labels[gl] == cluster_labels[gr]
+    out = {"pairs": int(gl.size), "labelled_matches": int(lab.sum()),
+           "overall": prf(float((pred & lab).sum()), float(pred.sum()), float(lab.sum()))}
+    attrs = record_attributes(rec, spec, cluster_labels)
+    groups = [c for c in attrs.columns if c not in ("gid", "grp")]
+    f = attrs[gl.tolist()].with_columns(pl.Series("pred", pred), pl.Series("lab", lab))
+    out["by_subgroup"] = {}
+    for g in groups:
+        tab = f.group_by(g).agg((pl.col("pred") & pl.col("lab")).sum().alias("tp"), pl.col("pred").sum().alias("p"),
+                                pl.col("lab").sum().alias("t")).sort(g)
+        out["by_subgroup"][g] = {str(r[g]): prf(r["tp"], r["p"], r["t"]) for r in tab.iter_rows(named=True)}
+    return out

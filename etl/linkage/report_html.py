@@ -188,6 +188,16 @@ def render_html(rep: dict) -> str:
                 rows = [[k, v["precision"], v["recall"], v["f1"], v["true"]] for k, v in tab.items()]
                 out.append(f"<details><summary>{_e(task)} by {_e(g)}</summary>"
                            + _table([g, "precision", "recall", "F1", "true pairs"], rows) + "</details>")
+    if "label_accuracy" in rep:
+        la = rep["label_accuracy"]
+        o = la["overall"]
+        out.append("<h2>9. Agreement with clerical labels</h2>"
+                   f"<p>{la['pairs']} labelled pairs ({la['labelled_matches']} matches): precision "
+                   f"{_fmt(o['precision'])}, recall {_fmt(o['recall'])}, F1 {_fmt(o['f1'])}.</p>")
+        for g, tab in la["by_subgroup"].items():
+            rows = [[k, v["precision"], v["recall"], v["f1"], v["true"]] for k, v in tab.items()]
+            out.append(f"<details><summary>by {_e(g)}</summary>"
+                       + _table([g, "precision", "recall", "F1", "labelled matches"], rows) + "</details>")
     out.append("<h2>Timings (s)</h2>" + _table(["stage", "seconds"], list(rep["timings_seconds"].items())))
     out.append("</body></html>")
     return "".join(out)
