@@ -3,7 +3,8 @@
 The restricted zone keeps a persistent linkage state between runs
 (`<restricted>/linkage_state/`, see docs/incremental.md):
 
-    records_<source>.parquet   standardised records already linked (all columns; one row per record_id)
+    records/<source>/part-<n>.parquet  standardised records already linked (all columns); append-only,
+                               the latest part holding a record_id wins (a corrected row)
     keys/part-<n>.parquet      per record, its 64-bit blocking key for every blocking rule
                                (append-only parts; the latest row of a record wins)
     crosswalk.parquet          source, record_id -> person_key (stable internal key), link_method,
@@ -46,7 +47,7 @@ STATE_VERSION = 1
 KEY_PREFIX = "K"
 KEY_WIDTH = 9
 POLICIES = ("apply", "hold")
-_PQ = dict(compression="zstd", compression_level=3)
+_PQ = dict(compression="zstd", compression_level=1)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -209,17 +210,48 @@ class State:
     def meta(self) -> dict:
         return json.loads(self.path("meta.json").read_text())
 
-    def records(self, spec) -> dict[str, pl.DataFrame]:
-        out = {}
+    def record_parts(self, source: str) -> list[Path]:
+        return sorted(self.path(f"records/{source}").glob("part-*.parquet"))
+
+    def scan_records(self, source: str, ids: pl.Series | None = None,
+                     columns: list[str] | None = None) -> pl.DataFrame | None:
+        """A source's current records (the latest part holding a record_id wins)."""
+        parts = self.record_parts(source)
+        if not parts:
+            return None
+        frames = []
+        for p in parts:
+            lf = pl.scan_parquet(p)
+            if columns is not None:
+                have = lf.collect_schema().names()
+                lf = lf.select([c for c in columns if c in have])
+            if ids is not None:
+                lf = lf.filter(pl.col("record_id").is_in(ids.implode()))
+            frames.append(lf)
+        lf = pl.concat(frames, how="diagonal_relaxed")
+        if len(parts) > 1:
+            lf = lf.unique(["record_id"], keep="last", maintain_order=True)
+        return lf.collect()
+
+    def snapshot(self, spec, out: Path) -> dict[str, Path]:
+        """One standardised Parquet per source of the current records (for a full relink,
+        or as the assemble stage's ingest paths)."""
+        paths = {}
         for s in spec.sources:
-            p = self.path(f"records_{s}.parquet")
-            if p.exists():
-                out[s] = pl.read_parquet(p)
-        return out
+            parts = self.record_parts(s)
+            if not parts:
+                continue
+            if len(parts) == 1:
+                paths[s] = parts[0]
+            else:
+                Path(out).mkdir(parents=True, exist_ok=True)
+                paths[s] = Path(out) / f"{s}.parquet"
+                self.scan_records(s).write_parquet(paths[s], **_PQ)
+        return paths
 
     def append(self, name: str, df: pl.DataFrame) -> Path:
         d = self.path(name)
-        d.mkdir(exist_ok=True)
+        d.mkdir(parents=True, exist_ok=True)
         n = len(list(d.glob("part-*.parquet")))
         p = d / f"part-{n:06d}.parquet"
         _write(df, p)
@@ -235,9 +267,6 @@ class State:
     def history(self) -> pl.DataFrame:
         return self.read_parts("history")
 
-    def record_paths(self, spec) -> dict[str, Path]:
-        return {s: self.path(f"records_{s}.parquet") for s in spec.sources
-                if self.path(f"records_{s}.parquet").exists()}
 
 
 def _lambda_basis(model_json: dict, counts: dict[str, int]) -> dict:
@@ -301,8 +330,8 @@ def init_state(inputs: dict[str, Path], spec, state_dir: Path, out_dir: Path, *,
     for s, p in inputs.items():
         df = pl.read_parquet(p)
         counts[s] = df.height
-        _write(df, st.path(f"records_{s}.parquet"))
-    st.append("keys", _block_keys(st.record_paths(spec), spec))
+        st.append(f"records/{s}", df)
+    st.append("keys", _block_keys(st.snapshot(spec, st.dir / "_tmp"), spec))
     cw = cl.select("source", "record_id", "person_key", "link_method", "link_probability")
     _write(cw, st.path("crosswalk.parquet"))
     pairs = pl.read_parquet(out_dir / "pairs.parquet").filter(pl.col("linked"))
@@ -336,25 +365,40 @@ def map_keys(assign: pl.DataFrame, next_key: int) -> tuple[pl.DataFrame, int]:
     to one cluster, a cluster gets one key. Clusters left without a key get new
     keys in the order of their smallest record. Returns (cluster, key, inherited)
     and the next key counter."""
-    first = assign.group_by("cluster").agg(pl.min_horizontal(pl.concat_str("source", pl.lit("|"), "record_id"))
-                                           .min().alias("_first"))
-    ov = (assign.drop_nulls("old_key").group_by("cluster", "old_key").len("overlap")
-          .join(first, on="cluster").sort(["overlap", "old_key", "_first"], descending=[True, False, False]))
-    used_c: dict[Any, str] = {}
-    used_k: set[str] = set()
-    for c, k in zip(ov["cluster"].to_list(), ov["old_key"].to_list()):
-        if c in used_c or k in used_k:
-            continue
-        used_c[c] = k
-        used_k.add(k)
-    rest = first.filter(~pl.col("cluster").is_in(list(used_c))).sort("_first")
-    new = {}
-    for c in rest["cluster"].to_list():
-        new[c] = _fmt_key(next_key)
-        next_key += 1
-    rows = [(c, k, True) for c, k in used_c.items()] + [(c, k, False) for c, k in new.items()]
+    ov = assign.drop_nulls("old_key").group_by("cluster", "old_key").len("overlap")
+    # uncontested: the cluster holds one old key and the key sits in one cluster
+    nk = ov.group_by("cluster").len("nk")
+    nc = ov.group_by("old_key").len("nc")
+    ov = ov.join(nk, on="cluster").join(nc, on="old_key")
+    easy = ov.filter((pl.col("nk") == 1) & (pl.col("nc") == 1))
+    used_c: dict[Any, str] = dict(zip(easy["cluster"].to_list(), easy["old_key"].to_list()))
+    used_k: set[str] = set(easy["old_key"].to_list())
+    hard = ov.filter((pl.col("nk") > 1) | (pl.col("nc") > 1))
+    first = None
+    if hard.height:
+        sub = assign.filter(pl.col("cluster").is_in(hard["cluster"].unique().implode()))
+        first = sub.group_by("cluster").agg(pl.concat_str("source", pl.lit("|"), "record_id").min().alias("_first"))
+        hard = hard.join(first, on="cluster").sort(["overlap", "old_key", "_first"],
+                                                   descending=[True, False, False])
+        for c, k in zip(hard["cluster"].to_list(), hard["old_key"].to_list()):
+            if c in used_c or k in used_k:
+                continue
+            used_c[c] = k
+            used_k.add(k)
+    taken = pl.DataFrame({"cluster": list(used_c)}, schema={"cluster": assign.schema["cluster"]})
+    left = assign.join(taken, on="cluster", how="anti")
+    first = left.group_by("cluster").agg(pl.concat_str("source", pl.lit("|"), "record_id").min().alias("_first"))
+    rest = first.sort("_first")
     dtype = assign.schema["cluster"]
-    m = pl.DataFrame(rows, schema={"cluster": dtype, "key": pl.String, "inherited": pl.Boolean}, orient="row")
+    fresh = rest.select(pl.col("cluster"),
+                        (pl.lit(KEY_PREFIX) + (pl.int_range(0, rest.height, dtype=pl.Int64) + next_key)
+                         .cast(pl.String).str.zfill(KEY_WIDTH)).alias("key"),
+                        pl.lit(False).alias("inherited"))
+    next_key += rest.height
+    kept = pl.DataFrame({"cluster": pl.Series(list(used_c), dtype=dtype),
+                         "key": pl.Series(list(used_c.values()), dtype=pl.String)}).with_columns(
+        pl.lit(True).alias("inherited"))
+    m = pl.concat([kept, fresh.cast({"cluster": dtype})])
     return m, next_key
 
 
@@ -363,10 +407,13 @@ def _events(a: pl.DataFrame) -> tuple[list[dict], list[dict]]:
     (old records only). A merge: an old key that no cluster inherited, whose records
     sit in a cluster holding another key. A split: an old key whose records land in
     two or more clusters (the parts that did not inherit it split off)."""
-    inherited = set(a.filter(pl.col("key") == pl.col("old_key"))["old_key"].unique().to_list())
+    inherited = a.filter(pl.col("key") == pl.col("old_key")).select("old_key").unique()
     merges, splits = [], []
     by_key = a.group_by("old_key").agg(pl.col("cluster").unique().alias("clusters"),
                                         pl.col("key").unique().alias("keys"), pl.len().alias("n"))
+    by_key = by_key.join(inherited.with_columns(pl.lit(True).alias("_inh")), on="old_key", how="left").filter(
+        (pl.col("clusters").list.len() > 1) | pl.col("_inh").is_null())
+    inherited = set(inherited["old_key"].to_list())
     for row in by_key.sort("old_key").iter_rows(named=True):
         k = row["old_key"]
         if len(row["clusters"]) > 1:
@@ -433,10 +480,11 @@ def link_incremental(new_inputs: dict[str, Path], state_dir: Path, spec, out_dir
     work.mkdir(parents=True)
     run_id = f"inc-{_now()}"
 
-    records = st.records(spec)
+    evid = _evidence_cols(spec)
+    ev_cols = ["record_id", *evid]
+    records = {s: df for s in spec.sources if (df := st.scan_records(s, columns=ev_cols)) is not None}
     cw = pl.read_parquet(st.path("crosswalk.parquet"))
     keys = st.read_parts("keys", dedupe=["source", "record_id"])
-    evid = _evidence_cols(spec)
     lap("load_state")
 
     # ---- classify the delivery: new, changed, unchanged ------------------------------
@@ -488,23 +536,20 @@ def link_incremental(new_inputs: dict[str, Path], state_dir: Path, spec, out_dir
     keys_old = keys.join(changed_all, on=["source", "record_id"], how="anti")
     # an old record is a neighbour when it shares a blocking key with a delta record of a
     # source it is compared with (a task); training|training is not a task, for example
-    hit = np.zeros(keys_old.height, bool)
-    old_src = keys_old["source"].to_numpy()
-    d_src = dkeys["source"].to_numpy()
     partners = {t: [s for s in spec.sources if (s, t) in spec.tasks or (t, s) in spec.tasks]
                 for t in spec.sources}
+    conds = []
     for c in _rule_cols(spec):
-        ok_all = keys_old[c].to_numpy()
-        dk_all = dkeys[c].to_numpy()
+        per_src = None
         for t, ss in partners.items():
-            sel = old_src == t
-            if not ss or not sel.any():
+            dk = dkeys.filter(pl.col("source").is_in(ss) & (pl.col(c) != 0))[c].unique()
+            if dk.len() == 0:
                 continue
-            dk = dk_all[np.isin(d_src, ss)]
-            dk = np.unique(dk[dk != 0])
-            if dk.size:
-                hit[sel] |= np.isin(ok_all[sel], dk)
-    touched = keys_old.filter(pl.Series(hit)).select("source", "record_id")
+            cond = (pl.col("source") == t) & pl.col(c).is_in(dk.implode())
+            per_src = cond if per_src is None else per_src | cond
+        if per_src is not None:
+            conds.append(per_src)
+    touched = (keys_old.filter(pl.any_horizontal(conds)) if conds else keys_old.clear()).select("source", "record_id")
     touched_keys = (cw.join(pl.concat([touched, changed_all]), on=["source", "record_id"], how="semi")
                     ["person_key"].unique())
     old_sub = cw.filter(pl.col("person_key").is_in(touched_keys.implode())).join(
@@ -515,7 +560,7 @@ def link_incremental(new_inputs: dict[str, Path], state_dir: Path, spec, out_dir
         if s in records:
             ids = old_sub.filter(pl.col("source") == s)["record_id"]
             if ids.len():
-                parts.append(records[s].filter(pl.col("record_id").is_in(ids.implode())))
+                parts.append(st.scan_records(s, ids=ids))
         if s in delta:
             parts.append(delta[s])
         if parts:
@@ -531,6 +576,7 @@ def link_incremental(new_inputs: dict[str, Path], state_dir: Path, spec, out_dir
         if s in delta:
             d = delta[s]
             base = old.filter(~pl.col("record_id").is_in(d["record_id"].implode())) if old is not None else None
+            d = d.select([c for c in ev_cols if c in d.columns])
             new_records[s] = pl.concat([base, d], how="diagonal_relaxed") if base is not None else d
         elif old is not None:
             new_records[s] = old
@@ -622,7 +668,7 @@ def link_incremental(new_inputs: dict[str, Path], state_dir: Path, spec, out_dir
     lap("merge_state")
 
     for s in delta:
-        _write(new_records[s], st.path(f"records_{s}.parquet"))
+        st.append(f"records/{s}", delta[s])
     st.append("keys", dkeys)
     _write(cw_new, st.path("crosswalk.parquet"))
     _write(pairs_all, st.path("pairs.parquet"))
@@ -702,7 +748,7 @@ def relink_full(state_dir: Path, spec, out_dir: Path, *, adopt: bool = False, po
     meta = st.meta()
     out_dir = Path(out_dir)
     spec2 = dataclasses.replace(spec, reuse_model=None)
-    summary = link(st.record_paths(spec), spec2, out_dir, truth=truth, progress=progress)
+    summary = link(st.snapshot(spec, out_dir / "_records"), spec2, out_dir, truth=truth, progress=progress)
     full = pl.read_parquet(out_dir / "clusters.parquet")
     cw = pl.read_parquet(st.path("crosswalk.parquet"))
     cmp = pairwise_f1(cw.rename({"person_key": "person_id"}), full)
@@ -732,7 +778,7 @@ def relink_full(state_dir: Path, spec, out_dir: Path, *, adopt: bool = False, po
         _write(pl.read_parquet(out_dir / "pairs.parquet").filter(pl.col("linked")), st.path("pairs.parquet"))
         shutil.copyfile(out_dir / "model.json", st.path("model.json"))
         model_json = json.loads((out_dir / "model.json").read_text())
-        counts = {s: pl.scan_parquet(p).select(pl.len()).collect().item() for s, p in st.record_paths(spec).items()}
+        counts = {s: st.scan_records(s, columns=["record_id"]).height for s in spec.sources if st.record_parts(s)}
         run_id = f"full-{_now()}"
         meta.update({"updated": _now(), "runs": meta["runs"] + [run_id], "next_key": next_key, "counts": counts,
                      "lambda_basis": _lambda_basis(model_json, counts)})
