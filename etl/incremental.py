@@ -195,6 +195,34 @@ def _engine_overrides(tf_counts: dict | None):
         C.Evaluator.tf = orig_tf
 
 
+def _relevant_neighbours(nb: pl.DataFrame, dkeys: pl.DataFrame, spec, partners: dict, min_shared: int
+                         ) -> pl.DataFrame:
+    """Old records that share at least `min_shared` blocking keys (rules) with one delta record
+    of a source they are compared with, or an identifier rule's key (GMC / UCAS number).
+    One shared key alone is mostly a common name or a shared postcode: such a pair almost
+    never scores above the pairs floor, and with national volumes those blocks grow with the
+    history, so they would make the subset grow too."""
+    cols = _rule_cols(spec)
+    if min_shared <= 1 or nb.height == 0:
+        return nb.select("source", "record_id")
+    ident_fields = {i.field for i in spec.identifiers}
+    strong = [f"k{i}" for i, r in enumerate(spec.blocking)
+              if r.keys and all(set(k.fields) <= ident_fields for k in r.keys)]
+    sure = nb.filter(pl.any_horizontal([pl.col(c).is_in(dkeys[c].filter(dkeys[c] != 0).implode()) for c in strong])
+                     if strong else pl.lit(False)).select("source", "record_id")
+    long_old = nb.unpivot(index=["source", "record_id"], on=cols, variable_name="rule", value_name="key") \
+        .filter(pl.col("key") != 0)
+    long_new = dkeys.with_row_index("_d").unpivot(index=["_d", "source"], on=cols, variable_name="rule",
+                                                  value_name="key").filter(pl.col("key") != 0) \
+        .rename({"source": "_dsrc"})
+    ok_pairs = pl.DataFrame([(t, s) for t, ss in partners.items() for s in ss], schema=["source", "_dsrc"],
+                            orient="row")
+    j = (long_old.join(long_new, on=["rule", "key"]).join(ok_pairs, on=["source", "_dsrc"], how="semi")
+         .group_by("source", "record_id", "_d").len("n").filter(pl.col("n") >= min_shared)
+         .select("source", "record_id").unique())
+    return pl.concat([sure, j]).unique()
+
+
 # ----------------------------------------------------------------------------- state I/O
 
 class State:
@@ -447,7 +475,7 @@ def _event_pairs(pairs: pl.DataFrame, recs: set[str], limit: int = 50) -> list[d
 
 def link_incremental(new_inputs: dict[str, Path], state_dir: Path, spec, out_dir: Path, *,
                      policy: str = "apply", truth: Path | None = None, progress=None,
-                     keep_work: bool = False) -> dict:
+                     keep_work: bool = False, method: str = "focus", min_shared_keys: int = 2) -> dict:
     """Link a new delivery (standardised Parquet per source: new rows, and corrected rows
     for known record_ids) onto the linkage state. Writes out_dir/clusters.parquet (all
     records; person_id = stable key), pairs.parquet (accepted links), model.json,
@@ -549,7 +577,8 @@ def link_incremental(new_inputs: dict[str, Path], state_dir: Path, spec, out_dir
             per_src = cond if per_src is None else per_src | cond
         if per_src is not None:
             conds.append(per_src)
-    touched = (keys_old.filter(pl.any_horizontal(conds)) if conds else keys_old.clear()).select("source", "record_id")
+    nb = (keys_old.filter(pl.any_horizontal(conds)) if conds else keys_old.clear())
+    touched = _relevant_neighbours(nb, dkeys, spec, partners, min_shared_keys)
     touched_keys = (cw.join(pl.concat([touched, changed_all]), on=["source", "record_id"], how="semi")
                     ["person_key"].unique())
     old_sub = cw.filter(pl.col("person_key").is_in(touched_keys.implode())).join(
@@ -589,8 +618,16 @@ def link_incremental(new_inputs: dict[str, Path], state_dir: Path, spec, out_dir
                                 labels=None)
     lap("prepare_model")
 
-    with _engine_overrides(tf_counts):
-        link(sub_paths, spec2, work / "link", progress=progress)
+    if method == "focus":
+        _link_focus(sub_paths, spec2, work / "link", pl.concat([pl.DataFrame({"source": [s] * d.height,
+                                                                          "record_id": d["record_id"]},
+                                                                         schema={"source": pl.String,
+                                                                                 "record_id": pl.String})
+                                                             for s, d in delta.items()]),
+                    pl.read_parquet(st.path("pairs.parquet")), model_path, tf_counts)
+    else:
+        with _engine_overrides(tf_counts):
+            link(sub_paths, spec2, work / "link", progress=progress)
     lap("link_subset")
 
     # ---- map the subset's clusters onto the stable keys ---------------------------------
@@ -821,3 +858,158 @@ def split_by_year(std_paths: dict[str, Path], out_root: Path, bounds: list[int])
             part.write_parquet(d / f"{s}.parquet")
             deliveries[i][s] = d / f"{s}.parquet"
     return deliveries
+
+
+# ----------------------------------------------------------------------------- pipeline stage
+
+def link_stage(cfg, run_id: str, ingest_summaries: list[dict], *, policy: str | None = None,
+               truth: Path | None = None, progress=None) -> dict:
+    """Drop-in for `etl.pipeline.link` when deliveries are incremental: the first run builds
+    `<restricted>/linkage_state/` (full link), later runs link the delivery onto it. Reads
+    `linkage.merge_policy` (apply|hold; popped before the engine validates the section).
+    Returns the link summary plus clusters_path, pairs_path and `records_paths`: the whole
+    standardised history per source, which assemble must use instead of this delivery's
+    ingest paths (clusters.parquet covers every record linked so far)."""
+    from etl.linkage import load_spec
+    from etl.pipeline import run_dir
+
+    t0 = time.perf_counter()
+    sec = dict(cfg.linkage or {})
+    policy = policy or sec.pop("merge_policy", "apply")
+    sec.pop("merge_policy", None)
+    spec = load_spec(sec, cfg.path.parent)
+    inputs = {s["source"]: Path(s["path"]) for s in ingest_summaries}
+    out = run_dir(cfg, run_id) / "linkage"
+    state_dir = cfg.restricted_dir / "linkage_state"
+    if State(state_dir).exists():
+        summary = link_incremental(inputs, state_dir, spec, out, policy=policy, truth=truth, progress=progress)
+    else:
+        summary = init_state(inputs, spec, state_dir, out, truth=truth, progress=progress)
+    summary["clusters_path"] = str(out / "clusters.parquet")
+    summary["pairs_path"] = str(out / "pairs.parquet")
+    summary["records_paths"] = {s: str(p) for s, p in State(state_dir).snapshot(spec, out / "records").items()}
+    summary.setdefault("seconds", round(time.perf_counter() - t0, 3))
+    return summary
+
+
+# ----------------------------------------------------------------------------- focused link
+
+def _link_focus(inputs: dict[str, Path], spec, out_dir: Path, focus_ids: pl.DataFrame, old_pairs: pl.DataFrame,
+                model_path: Path, tf_counts: dict | None) -> dict:
+    """The engine's link() on the subset, scoring only pairs that touch a delta record.
+
+    Same steps and internals as etl.linkage.engine.link (deterministic pass, union of
+    blocking rules, stored model, TF, constrained clustering with the residual pass,
+    clusters/pairs writers), except: candidate pairs (blocking and identifier) are kept
+    only when one side is a new/changed record, and the links already accepted between
+    unchanged records (state pairs) are re-scored as candidates instead of re-blocking
+    the whole subset. Cost follows the delta, not the subset."""
+    from etl.linkage import engine as E
+    from etl.linkage import output as O
+    from etl.linkage.blocking import record_keys
+    from etl.linkage.cluster import cluster
+    from etl.linkage.comparisons import comparison_matrix
+    from etl.linkage.deterministic import deterministic_pass
+    from etl.linkage.model import load_model
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    orig_rule_pairs = E.rule_pairs
+    with _engine_overrides(tf_counts):
+        rec, tasks, evals = E._prepare({k: Path(v) for k, v in inputs.items()}, spec)
+        ev_by_name = {ev.comp.name: ev for ev in evals}
+        tkeys = [spec.task_key(t) for t in tasks]
+        tf_min = spec.tf_min_u if spec.tf_min_u else 1.0 / max(rec.n, 1)
+        src_idx = {s: i for i, s in enumerate(rec.sources)}
+        gids = rec.df.select(pl.col("_src").cast(pl.Int8), "record_id").with_row_index("gid")
+        f = focus_ids.select(pl.col("source").replace_strict(src_idx, return_dtype=pl.Int8).alias("_src"),
+                             "record_id").with_columns(pl.lit(True).alias("_f"))
+        focus = gids.join(f, on=["_src", "record_id"], how="left", maintain_order="left")["_f"] \
+            .fill_null(False).to_numpy()
+
+        det = deterministic_pass(rec, spec, ev_by_name, tasks)
+        k = focus[det.li] | focus[det.ri]
+        det = dataclasses.replace(det, li=det.li[k], ri=det.ri[k], method=det.method[k], ident=det.ident[k],
+                                  task=det.task[k])
+        rule_names = ["deterministic"] + [r.name for r in spec.blocking]
+        rule_keys = [record_keys(rec, r) for r in spec.blocking]
+
+        def focused(keys, a, b, dedupe, chunk, **kw):
+            it, total, skipped = orig_rule_pairs(keys, a, b, dedupe, chunk, **kw)
+
+            def gen():
+                for li, ri in it:
+                    sel = focus[li] | focus[ri]
+                    yield li[sel], ri[sel]
+            return gen(), total, skipped
+
+        E.rule_pairs = focused
+        try:
+            cand, _ = E._candidates(rec, spec, tasks, evals, det, rule_keys, None)
+        finally:
+            E.rule_pairs = orig_rule_pairs
+
+        # links already accepted between unchanged records, re-scored as candidates
+        extra = []
+        if old_pairs.height:
+            g = gids.select(pl.col("_src"), "record_id", pl.col("gid").cast(pl.Int64))
+            op = (old_pairs.select("source_l", "record_id_l", "source_r", "record_id_r", "method")
+                  .with_columns(pl.col("source_l").replace_strict(src_idx, default=None, return_dtype=pl.Int8),
+                                pl.col("source_r").replace_strict(src_idx, default=None, return_dtype=pl.Int8))
+                  .join(g.rename({"_src": "source_l", "record_id": "record_id_l", "gid": "gl"}),
+                        on=["source_l", "record_id_l"])
+                  .join(g.rename({"_src": "source_r", "record_id": "record_id_r", "gid": "gr"}),
+                        on=["source_r", "record_id_r"]))
+            gl, gr = op["gl"].to_numpy(), op["gr"].to_numpy()
+            li, ri = np.minimum(gl, gr), np.maximum(gl, gr)
+            keep = ~(focus[li] | focus[ri])
+            meth = op["method"].to_numpy().astype(str)
+            mcode = np.where(meth == "deterministic", 1, np.where(meth == "clerical", 3, 0)).astype(np.int8)
+            li, ri, mcode = li[keep], ri[keep], mcode[keep]
+            tindex = {(src_idx[t[0]], src_idx[t[1]]): ti for ti, t in enumerate(tasks)}
+            sl, sr = rec.src[li], rec.src[ri]
+            for (a, b), ti in tindex.items():
+                sel = (sl == a) & (sr == b)
+                if sel.any():
+                    G, tfs = comparison_matrix(evals, li[sel], ri[sel], tasks[ti])
+                    extra.append((li[sel].astype(np.int32), ri[sel].astype(np.int32), ti, G, tfs, mcode[sel]))
+        if extra:
+            n_tf = {j for j, ev in enumerate(evals) if ev.tf_levels}
+            cand["li"] = np.concatenate([cand["li"]] + [e[0] for e in extra])
+            cand["ri"] = np.concatenate([cand["ri"]] + [e[1] for e in extra])
+            cand["task"] = np.concatenate([cand["task"]] + [np.full(e[0].size, e[2], np.int8) for e in extra])
+            cand["rule"] = np.concatenate([cand["rule"]] + [np.zeros(e[0].size, np.int16) for e in extra])
+            cand["G"] = np.concatenate([cand["G"]] + [e[3] for e in extra])
+            cand["method"] = np.concatenate([cand["method"]] + [e[5] for e in extra])
+            for j in n_tf:
+                base = cand["tfu"].get(j, np.zeros(cand["li"].size - sum(e[0].size for e in extra), np.float32))
+                cand["tfu"][j] = np.concatenate([base] + [e[4].get(j, np.zeros(e[0].size, np.float32))
+                                                          for e in extra])
+
+        model = load_model(model_path, spec)
+        n_c = cand["li"].size
+        weight = np.zeros(n_c)
+        for ti in range(len(tasks)):
+            sel = np.flatnonzero(cand["task"] == ti)
+            if sel.size:
+                weight[sel] = E.pair_weights(model.tasks[tkeys[ti]], cand["G"][sel],
+                                             {j: t[sel] for j, t in cand["tfu"].items()}, tf_min)
+    prob = E.prob_of(weight)
+    method = cand["method"]
+    keep = (prob >= spec.pairs_floor) | (method > 0)
+    sc = E.Scored(cand["li"][keep], cand["ri"][keep], cand["task"][keep], cand["rule"][keep],
+                  cand["G"][keep], {j: t[keep] for j, t in cand["tfu"].items()}, weight[keep], prob[keep],
+                  method[keep], rule_names)
+    forced = sc.method > 0
+    dup = {s for s, o in spec.sources.items() if o.get("duplicates")}
+    one_to_one = spec.clustering.get("method", "constrained_greedy") != "connected_components"
+    cl = cluster(rec.n, rec.src, list(spec.sources), dup, sc.li, sc.ri, sc.prob, sc.weight, forced,
+                 spec.threshold, spec.dedupe_threshold, None, one_to_one=one_to_one)
+    if one_to_one and spec.clustering.get("residual_pass", True):
+        residual = E._residual_pass(rec, spec, tasks, sc, cl)
+        if residual["pairs"]:
+            cl = cluster(rec.n, rec.src, list(spec.sources), dup, sc.li, sc.ri, residual["prob"],
+                         residual["weight"], forced, spec.threshold, spec.dedupe_threshold, None, one_to_one=True)
+    O.write_clusters(out_dir, rec, cl, sc, spec)
+    O.write_pairs(out_dir, rec, sc, spec, tasks, cl)
+    return {"records": rec.n, "pairs_scored": int(n_c), "links": int(cl.accepted.sum())}
