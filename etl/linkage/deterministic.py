@@ -94,6 +94,8 @@ def deterministic_pass(rec: Records, spec: LinkSpec, evals: dict[str, Evaluator]
             dedupe = task[0] == task[1]
             if a[1] <= a[0] or b[1] <= b[0]:
                 continue
+            if not codes[a[0]:a[1]].any() or not codes[b[0]:b[1]].any():
+                continue          # one side never carries this identifier
             it, total, _ = rule_pairs(codes, a, b, dedupe, chunk_pairs=10**12)
             chunks = list(it)
             li = np.concatenate([c[0] for c in chunks]) if chunks else np.zeros(0, np.int32)
