@@ -30,6 +30,16 @@ from etl.governance.rules import Rules
 def _gen(rules: Rules, field: str, values: pl.Series, level: int, extra: pl.DataFrame | None = None) -> pl.Series:
     """Generalise a public value as the release did (same hierarchy, same level)."""
     fr = rules.field("doctors", field)
+    if fr.treatment == "generalise" and extra is None and rules.hierarchies[fr.hierarchy].type != "quantile":
+        # the value alone decides the result (no other column, no distribution): generalise each
+        # distinct value once and map back (the public table is 9x the doctors with year variants)
+        u = values.unique(maintain_order=True)
+        if u.len() < values.len():
+            g = rules.hierarchies[fr.hierarchy].apply(pl.DataFrame({field: u}), field, level)
+            m = pl.DataFrame({field: u, "__g": g})
+            return (pl.DataFrame({field: values})
+                    .join(m, on=field, how="left", nulls_equal=True, maintain_order="left")
+                    .get_column("__g").alias(g.name))
     df = pl.DataFrame({field: values}) if extra is None else extra.with_columns(values.alias(field))
     if fr.treatment == "generalise":
         return rules.hierarchies[fr.hierarchy].apply(df, field, level)

@@ -119,13 +119,68 @@ def _violation_exprs(qis: list[str], rules: Rules, k: int, sens_cols) -> tuple[p
     return size_bad, l_bad
 
 
+def _class_key(codes: pl.DataFrame) -> pl.Series | None:
+    """One UInt64 per row identifying its equivalence class: the QI codes
+    (dense ranks, 0 = null) in mixed radix, so rows share a key exactly when
+    they share every code. None if the radix product would overflow."""
+    key, mult = None, 1
+    for c in codes.columns:
+        radix = int(codes.get_column(c).max() or 0) + 1
+        part = codes.get_column(c).cast(pl.UInt64) * mult
+        key = part if key is None else key + part
+        mult *= radix
+        if mult >= 2 ** 63:
+            return None
+    return key.alias("__class") if key is not None else None
+
+
+_SENS_CODES: dict[int, tuple[pl.DataFrame, pl.DataFrame]] = {}
+
+
+def _sens_codes(sens: pl.DataFrame, rules: Rules) -> pl.DataFrame:
+    """The sensitive columns as integer codes (null stays null) plus, per field,
+    whether the value is a protected one: the same distinct counts and flags as
+    the strings, cheaper to count per class. Cached for the frame anonymise() reuses."""
+    hit = _SENS_CODES.get(id(sens))
+    if hit is not None and hit[0] is sens:
+        return hit[1]
+    cols = []
+    for s, spec in _present(rules, sens.columns):
+        c = pl.col(f"__s_{s}")
+        cols += [c.rank("dense").alias(f"__s_{s}"), c.is_in(spec["protect_values"]).alias(f"__p_{s}")]
+    out = sens.select(cols) if cols else pl.DataFrame()
+    _SENS_CODES.clear()
+    _SENS_CODES[id(sens)] = (sens, out)
+    return out
+
+
+def _violations_coded(key: pl.Series, sc: pl.DataFrame, rules: Rules, k: int) -> pl.Series:
+    """Per class (group_by, not a window per row): size < k, or a protected value
+    with fewer than l distinct values; then each row takes its class's flag."""
+    aggs = [pl.len().alias("__n")]
+    bad = pl.col("__n") < k
+    for s, _spec in _present(rules, sc.columns):
+        c = pl.col(f"__s_{s}")
+        aggs += [(c.n_unique() - c.null_count().gt(0).cast(pl.UInt32)).alias(f"__d_{s}"),
+                 pl.col(f"__p_{s}").any().alias(f"__a_{s}")]
+        bad = bad | (pl.col(f"__a_{s}") & (pl.col(f"__d_{s}") < rules.l))
+    frame = pl.concat([key.to_frame(), sc], how="horizontal") if sc.width else key.to_frame()
+    per_class = frame.group_by("__class").agg(aggs).select("__class", bad.fill_null(False).alias("v"))
+    return (key.to_frame().join(per_class, on="__class", how="left", maintain_order="left")
+            .get_column("v"))
+
+
 def violations(codes: pl.DataFrame, sens: pl.DataFrame, rules: Rules, k: int) -> pl.Series:
     qis = codes.columns
+    key = _class_key(codes) if codes.width > 1 else None
+    if key is not None:   # same classes, one integer window key instead of five (several times faster)
+        return _violations_coded(key, _sens_codes(sens, rules), rules, k)
+    frame = pl.concat([codes, sens], how="horizontal")
     size_bad, l_bad = _violation_exprs(qis, rules, k, sens.columns)
     expr = size_bad
     for e in l_bad:
         expr = expr | e
-    return pl.concat([codes, sens], how="horizontal").select(expr.alias("v")).to_series()
+    return frame.select(expr.alias("v")).to_series()
 
 
 def _need(nv: int, k: int) -> int:

@@ -95,7 +95,8 @@ def _strings(x) -> pl.Series:
 
 
 def _sorted_unique(s: pl.Series) -> pl.Series:
-    return s.unique().sort()
+    """Distinct values (for is_in lookups; order does not matter, so no sort)."""
+    return s.unique()
 
 
 def _dates(x) -> set[dt.date]:
@@ -153,8 +154,9 @@ class Vocabulary:
         self.s_issued = _sorted_unique(_strings(issued_tokens))
         self._key = key
         self._digest_prefixes: np.ndarray | None = None
-        self.n_digest_inputs = int(pl.concat([self._all_ids, self.s_emails, self.s_postcodes]).n_unique()) \
-            if (self._all_ids.len() or self.s_emails.len() or self.s_postcodes.len()) else 0
+        # values the digest table would be built from (identifiers, e-mails, postcodes; an identifier
+        # that is also a postcode counts twice here, once in the table)
+        self.n_digest_inputs = self._all_ids.len() + self.s_emails.len() + self.s_postcodes.len()
 
     # sizes and truthiness, as the sets of earlier versions offered them
     @property
@@ -240,11 +242,38 @@ class Vocabulary:
 
 # ---------------------------------------------------------------------- per column
 
+_HASHED: dict[int, tuple[pl.Series, np.ndarray, np.ndarray]] = {}
+
+
+def _hash_index(big: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted 64-bit hashes of a vocabulary Series and their positions, built once
+    per Series per scan (the scanner asks each vocabulary once per column)."""
+    hit = _HASHED.get(id(big))
+    if hit is not None and hit[0] is big:
+        return hit[1], hit[2]
+    h = big.hash(seed=0).to_numpy()
+    order = np.argsort(h, kind="stable")
+    _HASHED[id(big)] = (big, h[order], order)
+    return h[order], order
+
+
 def _isin(small: pl.Series, big: pl.Series) -> pl.Series:
-    """small.is_in(big), hashing the smaller side (a column's distinct values
-    against a vocabulary of hundreds of thousands)."""
+    """small.is_in(big), exact. With a large vocabulary the candidates are
+    first narrowed by 64-bit hash (binary search in the vocabulary's sorted
+    hashes, built once), and the exact is_in runs against those few values."""
     if big.len() > 4 * max(small.len(), 1):
-        big = big.filter(big.is_in(small.unique().drop_nulls().implode()))
+        hb, order = _hash_index(big)
+        hs = np.sort(small.hash(seed=0).to_numpy())   # sorted needles: ~20x faster search
+        lo = np.searchsorted(hb, hs, side="left")
+        hi = np.searchsorted(hb, hs, side="right")
+        sel = hi > lo
+        if sel.any():
+            multi = sel & (hi - lo > 1)         # equal hashes in the vocabulary (rare)
+            idx = np.concatenate([order[lo[sel & ~multi]]]
+                                 + [order[a:b] for a, b in zip(lo[multi], hi[multi])])
+            big = big.gather(np.unique(idx))
+        else:
+            big = big.clear()
     return small.is_in(big.implode())
 
 
@@ -429,6 +458,15 @@ def scan_release(release_dir: str | Path, input_vocab: dict | None = None, *, ru
     Returns ``{"counts": {detector: {"table.column": n}}, "totals": {detector: n},
     "total": n, "clean": bool, "allow_list": {...}, "not_run": {...}, ...}``.
     """
+    try:
+        return _scan_release(release_dir, input_vocab, rules=rules, key=key, extra_identifiers=extra_identifiers,
+                             restricted_values=restricted_values, issued_tokens=issued_tokens)
+    finally:
+        _HASHED.clear()
+
+
+def _scan_release(release_dir, input_vocab, *, rules, key, extra_identifiers, restricted_values,
+                  issued_tokens) -> dict[str, Any]:
     release_dir = Path(release_dir)
     allow_tokens = rules.label_tokens() if rules is not None else set()
     vocab = Vocabulary(input_vocab, key=key, extra_identifiers=extra_identifiers,
