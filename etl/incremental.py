@@ -7,7 +7,8 @@ The restricted zone keeps a persistent linkage state between runs
                                the latest part holding a record_id wins (a corrected row)
     keys/part-<n>.parquet      per record, its 64-bit blocking key for every blocking rule
                                (append-only parts; the latest row of a record wins)
-    crosswalk.parquet          source, record_id -> person_key (stable internal key), link_method,
+    crosswalk.parquet          source, record_id -> person_id (the stable internal key), link_method,
+                               link_probability, cluster_size: the clusters.parquet format
                                link_probability
     pairs.parquet              accepted links (pairs.parquet columns) behind the current crosswalk
     model.json                 the trained model, reused for every increment
@@ -195,10 +196,11 @@ def _engine_overrides(tf_counts: dict | None):
         C.Evaluator.tf = orig_tf
 
 
-def _relevant_neighbours(nb: pl.DataFrame, dkeys: pl.DataFrame, spec, partners: dict, min_shared: int
-                         ) -> pl.DataFrame:
+def _relevant_neighbours(nb: pl.DataFrame, dkeys: pl.DataFrame, spec, partners: dict, min_shared: int,
+                         small_block: int = 4) -> pl.DataFrame:
     """Old records that share at least `min_shared` blocking keys (rules) with one delta record
-    of a source they are compared with, or an identifier rule's key (GMC / UCAS number).
+    of a source they are compared with, or an identifier rule's key (GMC / UCAS number), or
+    one key held by at most `small_block` old records.
     One shared key alone is mostly a common name or a shared postcode: such a pair almost
     never scores above the pairs floor, and with national volumes those blocks grow with the
     history, so they would make the subset grow too."""
@@ -217,8 +219,12 @@ def _relevant_neighbours(nb: pl.DataFrame, dkeys: pl.DataFrame, spec, partners: 
         .rename({"source": "_dsrc"})
     ok_pairs = pl.DataFrame([(t, s) for t, ss in partners.items() for s in ss], schema=["source", "_dsrc"],
                             orient="row")
+    # a key shared with few old records (a rare name, a small block) is specific enough alone
+    small = long_old.group_by("rule", "key").len("block").filter(pl.col("block") <= small_block)
     j = (long_old.join(long_new, on=["rule", "key"]).join(ok_pairs, on=["source", "_dsrc"], how="semi")
-         .group_by("source", "record_id", "_d").len("n").filter(pl.col("n") >= min_shared)
+         .join(small.with_columns(pl.lit(True).alias("_small")), on=["rule", "key"], how="left")
+         .group_by("source", "record_id", "_d").agg(pl.len().alias("n"), pl.col("_small").any().alias("small"))
+         .filter((pl.col("n") >= min_shared) | pl.col("small").fill_null(False))
          .select("source", "record_id").unique())
     return pl.concat([sure, j]).unique()
 
@@ -361,7 +367,8 @@ def init_state(inputs: dict[str, Path], spec, state_dir: Path, out_dir: Path, *,
         st.append(f"records/{s}", df)
     st.append("keys", _block_keys(st.snapshot(spec, st.dir / "_tmp"), spec))
     cw = cl.select("source", "record_id", "person_key", "link_method", "link_probability")
-    _write(cw, st.path("crosswalk.parquet"))
+    _write(cl.select("source", "record_id", pl.col("person_key").alias("person_id"), "link_method",
+                     "link_probability", "cluster_size"), st.path("crosswalk.parquet"))
     pairs = pl.read_parquet(out_dir / "pairs.parquet").filter(pl.col("linked"))
     _write(pairs, st.path("pairs.parquet"))
     shutil.copyfile(out_dir / "model.json", st.path("model.json"))
@@ -376,8 +383,7 @@ def init_state(inputs: dict[str, Path], spec, state_dir: Path, out_dir: Path, *,
             "lambda_basis": _lambda_basis(model_json, counts), "polars": pl.__version__,
             "blocking": [r.name for r in spec.blocking], "model": spec.name}
     _write_text(st.path("meta.json"), json.dumps(meta, indent=1))
-    _write(cl.select("source", "record_id", pl.col("person_key").alias("person_id"), "link_method",
-                     "link_probability", "cluster_size"), out_dir / "clusters.parquet")
+    shutil.copyfile(st.path("crosswalk.parquet"), out_dir / "clusters.parquet")
     return {"records": int(cl.height), "persons": int(order.height), "f1_overall": summary.get("f1_overall"),
             "seconds": round(time.perf_counter() - t0, 2)}
 
@@ -511,8 +517,8 @@ def link_incremental(new_inputs: dict[str, Path], state_dir: Path, spec, out_dir
     evid = _evidence_cols(spec)
     ev_cols = ["record_id", *evid]
     records = {s: df for s in spec.sources if (df := st.scan_records(s, columns=ev_cols)) is not None}
-    cw = pl.read_parquet(st.path("crosswalk.parquet"))
-    keys = st.read_parts("keys", dedupe=["source", "record_id"])
+    cw = pl.read_parquet(st.path("crosswalk.parquet")).rename({"person_id": "person_key"})
+    keys = st.read_parts("keys", dedupe=["source", "record_id"] if meta.get("superseded") else None)
     lap("load_state")
 
     # ---- classify the delivery: new, changed, unchanged ------------------------------
@@ -663,16 +669,14 @@ def link_incremental(new_inputs: dict[str, Path], state_dir: Path, spec, out_dir
     sub_ids = a.select("source", "record_id")
     cw_new = pl.concat([
         cw.join(sub_ids, on=["source", "record_id"], how="anti"),
-        a.select("source", "record_id", pl.col("final").alias("person_key"), "link_method", "link_probability"),
-    ], how="vertical_relaxed")
+        a.select("source", "record_id", pl.col("final").alias("person_key"), "link_method", "link_probability",
+                 pl.lit(0, pl.Int32).alias("cluster_size")),
+    ], how="vertical_relaxed").with_columns(pl.len().over("person_key").cast(pl.Int32).alias("cluster_size"))
     old_pairs = pl.read_parquet(st.path("pairs.parquet"))
-    sub_set = sub_ids.with_columns(pl.lit(True).alias("_in"))
-    old_pairs = (old_pairs
-                 .join(sub_set.rename({"source": "source_l", "record_id": "record_id_l", "_in": "_inl"}),
-                       on=["source_l", "record_id_l"], how="left")
-                 .join(sub_set.rename({"source": "source_r", "record_id": "record_id_r", "_in": "_inr"}),
-                       on=["source_r", "record_id_r"], how="left")
-                 .filter(pl.col("_inl").is_null() & pl.col("_inr").is_null()).drop("_inl", "_inr"))
+    sub_codes = (sub_ids["source"] + ":" + sub_ids["record_id"]).implode()
+    old_pairs = old_pairs.filter(
+        ~pl.concat_str("source_l", pl.lit(":"), "record_id_l").is_in(sub_codes)
+        & ~pl.concat_str("source_r", pl.lit(":"), "record_id_r").is_in(sub_codes))
     new_pairs = spairs.filter(pl.col("linked"))
     pairs_all = pl.concat([old_pairs, new_pairs], how="diagonal_relaxed")
     changed_rec = a.filter(pl.col("old_key").is_not_null() & (pl.col("old_key") != pl.col("final")))
@@ -707,19 +711,17 @@ def link_incremental(new_inputs: dict[str, Path], state_dir: Path, spec, out_dir
     for s in delta:
         st.append(f"records/{s}", delta[s])
     st.append("keys", dkeys)
-    _write(cw_new, st.path("crosswalk.parquet"))
+    _write(cw_new.rename({"person_key": "person_id"}), st.path("crosswalk.parquet"))
     _write(pairs_all, st.path("pairs.parquet"))
     st.append("history", hist_new)
-    meta.update({"updated": _now(), "runs": meta["runs"] + [run_id], "next_key": next_key, "counts": counts})
+    meta.update({"updated": _now(), "runs": meta["runs"] + [run_id], "next_key": next_key, "counts": counts,
+                 "superseded": bool(meta.get("superseded") or n_changed)})
     _write_text(st.path("meta.json"), json.dumps(meta, indent=1))
     lap("write_state")
 
     # ---- outputs --------------------------------------------------------------------------
-    size = cw_new.group_by("person_key").len("cluster_size")
-    clusters = cw_new.join(size, on="person_key").select(
-        "source", "record_id", pl.col("person_key").alias("person_id"), "link_method", "link_probability",
-        pl.col("cluster_size").cast(pl.Int32))
-    _write(clusters, out_dir / "clusters.parquet")
+    shutil.copyfile(st.path("crosswalk.parquet"), out_dir / "clusters.parquet")
+    clusters = cw_new.rename({"person_key": "person_id"})
     shutil.copyfile(st.path("pairs.parquet"), out_dir / "pairs.parquet")
     shutil.copyfile(st.path("model.json"), out_dir / "model.json")
     lap("write_outputs")
@@ -728,7 +730,7 @@ def link_incremental(new_inputs: dict[str, Path], state_dir: Path, spec, out_dir
               "joined_existing": joined, "new_persons": new_persons, "merges": len(merges), "splits": len(splits),
               "held": sum(e["status"] == "held" for e in merges + splits) if policy == "hold" else 0,
               "records_rekeyed": int(changed_rec.height), "subset_records": int(n_subset),
-              "records_total": int(clusters.height), "persons_total": int(size.height),
+              "records_total": int(clusters.height), "persons_total": int(clusters["person_id"].n_unique()),
               "policy": policy, "seconds": round(time.perf_counter() - t0, 3)}
     if truth is not None:
         t = pl.read_parquet(truth).select(pl.col("source").cast(pl.String), pl.col("record_id").cast(pl.String),
@@ -787,7 +789,7 @@ def relink_full(state_dir: Path, spec, out_dir: Path, *, adopt: bool = False, po
     spec2 = dataclasses.replace(spec, reuse_model=None)
     summary = link(st.snapshot(spec, out_dir / "_records"), spec2, out_dir, truth=truth, progress=progress)
     full = pl.read_parquet(out_dir / "clusters.parquet")
-    cw = pl.read_parquet(st.path("crosswalk.parquet"))
+    cw = pl.read_parquet(st.path("crosswalk.parquet")).rename({"person_id": "person_key"})
     cmp = pairwise_f1(cw.rename({"person_key": "person_id"}), full)
     a = full.select("source", "record_id", pl.col("person_id").alias("cluster"), "link_method",
                     "link_probability").join(cw.select("source", "record_id", pl.col("person_key").alias("old_key")),
@@ -810,7 +812,8 @@ def relink_full(state_dir: Path, spec, out_dir: Path, *, adopt: bool = False, po
             held = {e["key"] for e in merges} | {e["into"] for e in merges} | {e["key"] for e in splits}
             a = a.with_columns(pl.when(pl.col("old_key").is_in(list(held))).then(pl.col("old_key"))
                                .otherwise(pl.col("key")).alias("key"))
-        cw_new = a.select("source", "record_id", pl.col("key").alias("person_key"), "link_method", "link_probability")
+        cw_new = a.select("source", "record_id", pl.col("key").alias("person_id"), "link_method",
+                          "link_probability").with_columns(pl.len().over("person_id").cast(pl.Int32).alias("cluster_size"))
         _write(cw_new, st.path("crosswalk.parquet"))
         _write(pl.read_parquet(out_dir / "pairs.parquet").filter(pl.col("linked")), st.path("pairs.parquet"))
         shutil.copyfile(out_dir / "model.json", st.path("model.json"))
@@ -820,10 +823,7 @@ def relink_full(state_dir: Path, spec, out_dir: Path, *, adopt: bool = False, po
         meta.update({"updated": _now(), "runs": meta["runs"] + [run_id], "next_key": next_key, "counts": counts,
                      "lambda_basis": _lambda_basis(model_json, counts)})
         _write_text(st.path("meta.json"), json.dumps(meta, indent=1))
-        size = cw_new.group_by("person_key").len("cluster_size")
-        _write(cw_new.join(size, on="person_key").select(
-            "source", "record_id", pl.col("person_key").alias("person_id"), "link_method", "link_probability",
-            pl.col("cluster_size").cast(pl.Int32)), out_dir / "clusters.parquet")
+        shutil.copyfile(st.path("crosswalk.parquet"), out_dir / "clusters.parquet")
         result["adopted"] = True
     report = {"full_relink": {"pairwise_f1": cmp["f1"], "records_person_differs": differs,
                               "precision": cmp["precision"], "recall": cmp["recall"]},
