@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import re
 import time
 from pathlib import Path
 
@@ -33,11 +34,35 @@ QUARANTINE_SCHEMA = {"source": pl.String, "row_number": pl.Int64, "record_id": p
                      "column": pl.String, "reason": pl.String, "action": pl.String}
 ID_STANDARDISERS = {"ucas_id", "gmc_number"}
 MAX_FIELD_CHARS = 1000
+DEDUPE_MIN_ROWS = 50_000      # below this, type every row directly
+DEDUPE_MAX_SHARE = 0.2        # type per distinct value when at most this share is distinct
 
 
 # --------------------------------------------------------------------------- reading
 
 def _decode(src: SourceConfig) -> str:
+    return _utf8_bytes(src).decode("utf-8")
+
+
+_ASCII_SPACE = b" \t\n\r\x0b\x0c"
+
+
+def _body_blank(data: bytes, start: int) -> bool:
+    """Whether data[start:] decoded is all whitespace (str.strip() == ''), without copying
+    the body: the first byte that is not ASCII whitespace decides, unless it is one
+    of the rarer characters str.strip() also removes, when the rest is decoded."""
+    m = re.compile(rb"[^ \t\n\r\x0b\x0c]").search(data, start)
+    if m is None:
+        return True
+    b = m.group()[0]
+    if b < 0x80 and not (0x1c <= b <= 0x1f):
+        return False
+    return not data[m.start():].decode("utf-8").strip()
+
+
+def _utf8_bytes(src: SourceConfig) -> bytes:
+    """The file as UTF-8 bytes without a BOM (checked as _decode always did),
+    without keeping a decoded str copy of a possibly multi-GB extract."""
     data = src.path.read_bytes()
     if not data:
         raise DeliveryError("file is empty (0 bytes)", file=str(src.path))
@@ -48,13 +73,14 @@ def _decode(src: SourceConfig) -> str:
         if data[:3] == b"\xef\xbb\xbf":
             data = data[3:]
         try:
-            return data.decode("utf-8")
+            data.decode("utf-8")      # validate only; the str is dropped at once
         except UnicodeDecodeError as e:
             line = data[: e.start].count(b"\n") + 1
             raise DeliveryError(
                 f"not valid UTF-8 at byte {e.start} (line {line}); set sources.<name>.encoding "
                 "(e.g. latin-1) in the config", file=str(src.path)) from None
-    return data.decode(enc)
+        return data
+    return data.decode(enc).encode("utf-8")
 
 
 def _header(text: str, src: SourceConfig) -> list[str]:
@@ -119,20 +145,21 @@ def check_columns(src: SourceConfig, config_file: Path | None = None) -> None:
 def _read_csv(src: SourceConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
     """All columns as strings. Returns (frame, ragged) where ragged lists the
     data rows whose field count differs from the header."""
-    text = _decode(src)
-    header = _header(text, src)
-    body = text.split("\n", 1)[1] if "\n" in text else ""
-    if not body.strip():
+    data = _utf8_bytes(src)
+    nl = data.find(b"\n")
+    header = _header(data[: nl if nl >= 0 else len(data)].decode("utf-8"), src)
+    if nl < 0 or _body_blank(data, nl + 1):
         raise DeliveryError("the file has a header but no data rows", file=str(src.path))
     ragged_rows: list[int] = []
     try:
-        df = pl.read_csv(io.StringIO(text), separator=src.delimiter, infer_schema=False,
+        df = pl.read_csv(data, separator=src.delimiter, infer_schema=False,
                          null_values=src.null_values, truncate_ragged_lines=False,
                          raise_if_empty=True)
         if df.width != len(header):
             raise pl.exceptions.ComputeError("width mismatch")
     except (pl.exceptions.ComputeError, pl.exceptions.NoDataError, pl.exceptions.ShapeError):
         # slow path: find the ragged rows with the csv module, keep the rest
+        body = data[nl + 1:].decode("utf-8")
         rows, n = [], 0
         for n, rec in enumerate(csv.reader(io.StringIO(body), delimiter=src.delimiter), start=1):
             if len(rec) != len(header):
@@ -216,7 +243,7 @@ def ingest(src: SourceConfig, out_path: Path, quarantine_path: Path,
     rows_in = raw.height + ragged.height
 
     # map native -> canonical, trim strings, apply value maps
-    df = raw.select([pl.col("__row").alias("row_number")]
+    df = raw.lazy().select([pl.col("__row").alias("row_number")]
                     + [pl.col(n).alias(c) for n, c in src.columns.items()])
     mapped = list(src.columns.values())
     df = df.with_columns([pl.col(c).str.strip_chars() for c in mapped])
@@ -227,14 +254,25 @@ def ingest(src: SourceConfig, out_path: Path, quarantine_path: Path,
             df = df.with_columns(pl.col(c).replace(m))
 
     checks: list[pl.Expr] = []
-    typed_exprs = []
+    df = df.collect()   # one plan for mapping, trimming and value maps
+    del raw
+    # typing and standardising are per value (string functions of one column); a column with
+    # few distinct values (names, schools, codes, dates) is typed once per distinct value
+    direct, per_value = [], []
     for c in mapped:
         spec = src.fields[c]
         typed = _typed(c, spec, src)
         if spec.standardise:
             typed = std.STANDARDISERS[spec.standardise](typed)
-        typed_exprs.append(typed.alias(f"__t_{c}"))
-    df = df.with_columns(typed_exprs)
+        if df.height >= DEDUPE_MIN_ROWS and df.get_column(c).approx_n_unique() <= DEDUPE_MAX_SHARE * df.height:
+            per_value.append((c, typed.alias(f"__t_{c}")))
+        else:
+            direct.append(typed.alias(f"__t_{c}"))
+    if direct:
+        df = df.with_columns(direct)
+    for c, typed in per_value:
+        m = df.select(pl.col(c).unique()).with_columns(typed)
+        df = df.join(m, on=c, how="left", nulls_equal=True, maintain_order="left")
 
     for c in mapped:
         spec = src.fields[c]
