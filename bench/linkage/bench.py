@@ -155,8 +155,8 @@ def main() -> None:
     by = [] if a.dataset == "febrl4" else ["group", "sex"]
     res_file = REPO / "bench" / "results" / f"{tag}.json"
     # tools not re-run keep their earlier results (so tools can be run one at a time)
+    # (a tool that fails keeps its earlier result, flagged)
     results = json.loads(res_file.read_text()) if res_file.exists() else {}
-    results = {k: v for k, v in results.items() if k not in a.tools.split(",")}
     for tool in a.tools.split(","):
         runs = []
         for r in range(a.repeats):
@@ -164,6 +164,8 @@ def main() -> None:
             res = run_tool(tool, a.dataset, data, out)
             if "error" in res:
                 print(f"{tool}: FAILED after {res['wall']:.0f} s: {res['error'][:200]}")
+                if tool in results:
+                    results[tool]["last_attempt_failed"] = res["error"][:200]
                 break
             res["accuracy"] = evaluate(out / "clusters.parquet", data / "truth.parquet", TASKS[a.dataset], by)
             runs.append(res)

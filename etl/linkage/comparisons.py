@@ -9,8 +9,6 @@ only on the pairs that no earlier level has claimed.
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import polars as pl
 from rapidfuzz import process
@@ -332,11 +330,3 @@ def comparison_matrix(evals: list[Evaluator], li: np.ndarray, ri: np.ndarray,
         if t is not None:
             tfs[j] = t
     return G, tfs
-
-
-def identifier_pattern_ok(pattern: str) -> bool:
-    try:
-        re.compile(pattern)
-        return True
-    except re.error:
-        return False

@@ -30,9 +30,6 @@ from etl.linkage.model import Model, TaskModel, load_model, signature
 from etl.linkage.records import Records
 from etl.linkage.spec import LinkSpec
 
-METHOD_NAMES = {0: "probabilistic", 1: "deterministic", 2: "deterministic", 3: "clerical"}
-
-
 @dataclass
 class Scored:
     """All scored candidate pairs kept (above the floor, or forced)."""
@@ -512,13 +509,11 @@ def _labels_to_gid(lab: pl.DataFrame, rec: Records) -> pl.DataFrame:
          .join(ids.rename({"g": "g2", "_src": "sr", "record_id": "record_id_r"}), on=["sr", "record_id_r"]))
     j = j.with_columns(pl.min_horizontal("g1", "g2").alias("gl"), pl.max_horizontal("g1", "g2").alias("gr"))
     srcs = rec.sources
-    order = {s: i for i, s in enumerate(srcs)}
     j = j.with_columns(
         pl.struct("sl", "sr").map_batches(
             lambda s: pl.Series([f"{srcs[min(a, b)]}|{srcs[max(a, b)]}"
                                  for a, b in zip(s.struct.field("sl").to_list(), s.struct.field("sr").to_list())]),
             return_dtype=pl.String).alias("task"))
-    del order
     return j.select("gl", "gr", "task", "label").unique(["gl", "gr"], keep="last")
 
 

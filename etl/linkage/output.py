@@ -58,7 +58,7 @@ def _pair_frame(rec: Records, sc, spec: LinkSpec, tasks, idx: np.ndarray) -> pl.
     src_names = np.array(rec.sources, dtype=object)
     rid = rec.df["record_id"]
     li, ri = sc.li[idx], sc.ri[idx]
-    rules = np.array([f"deterministic" if k == 0 else f"blocking:{sc.rule_names[k]}"
+    rules = np.array(["deterministic" if k == 0 else f"blocking:{sc.rule_names[k]}"
                       for k in range(len(sc.rule_names))], dtype=object)
     rule = rules[sc.rule[idx]]
     # deterministic rows: say which method (exact/typo) found them

@@ -67,7 +67,7 @@ def build_report(rec: Records, spec, tasks, clusters: pl.DataFrame, sc, cl, det,
         if t[0] == t[1]:
             continue
         for a, b in ((t[0], t[1]), (t[1], t[0])):
-            ia, ib = rec.sources.index(a), rec.sources.index(b)
+            ib = rec.sources.index(b)
             lo, hi = rec.offsets[a]
             linked = has[labels[lo:hi], ib]
             k, n = int(linked.sum()), int(hi - lo)

@@ -262,7 +262,7 @@ def _check_part(cond: Any, file: Path, key: str) -> None:
     if isinstance(cond, dict) and len(cond) == 1:
         (t, v), = cond.items()
         if t not in PART_TESTS or not isinstance(v, (int, float)):
-            raise _err(f"name-part test must be e.g. {{jaro_winkler: 0.9}} or {{damerau_levenshtein: 1}}", file, key)
+            raise _err("name-part test must be e.g. {jaro_winkler: 0.9} or {damerau_levenshtein: 1}", file, key)
         return
     raise _err("name-part test must be a name (exact, initial, alias, any, differ) or {test: value}", file, key)
 

@@ -44,10 +44,7 @@ def _eth_map() -> dict[str, str]:
                 return dict(zip(ref["code"].to_list(), ref["group9"].to_list()))
         except Exception:  # noqa: BLE001 - fall back to the built-in map
             pass
-    m = dict(_ETH9_2)
-    for code in list(_ETH9_2):
-        pass
-    return m
+    return dict(_ETH9_2)
 
 
 def _eth_expr(col: str) -> pl.Expr:

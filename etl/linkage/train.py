@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from etl.linkage.blocking import pairs_satisfy, record_keys, rule_pairs
+from etl.linkage.blocking import record_keys, rule_pairs
 from etl.linkage.comparisons import Evaluator, comparison_matrix
 from etl.linkage.records import Records
 from etl.linkage.spec import LinkSpec
@@ -361,25 +361,3 @@ def estimate_lambda_candidates(P: np.ndarray, cnt: np.ndarray, m, u, n_possible:
             break
         lam = new
     return lam, expected
-
-
-def m_from_labels(G: np.ndarray, labels: np.ndarray, K: list[int]) -> list[np.ndarray | None]:
-    """Level frequencies among labelled matches (None where too few labels)."""
-    out = []
-    pos = labels == 1
-    for j, k in enumerate(K):
-        g = G[pos, j]
-        g = g[g > 0]
-        if g.size < 5:
-            out.append(None)
-            continue
-        c = np.bincount(g, minlength=k).astype(np.float64)
-        c[0] = 0
-        out.append(c)
-    return out
-
-
-def keys_agree_fraction(rec: Records, rule, li, ri, weights) -> float:
-    keys = record_keys(rec, rule)
-    ok = pairs_satisfy(keys, li, ri)
-    return float((weights * ok).sum() / max(weights.sum(), 1e-12))
