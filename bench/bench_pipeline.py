@@ -86,6 +86,7 @@ def child(config: Path, out_dir: Path, truth: Path | None, profile_dir: Path | N
         _emit(event="sub", msg=str(msg)[:80], t=time.time())
 
     out: dict = {"run_id": run_id}
+    P.prewarm()          # as run_all does: GX import overlaps ingest
     ingests = []
     for s in cfg.sources:
         ingests.append(stage("ingest", P.ingest_source, cfg, s, run_id))
@@ -114,6 +115,11 @@ def child(config: Path, out_dir: Path, truth: Path | None, profile_dir: Path | N
                  "release_doctors": out["release_gate"].get("seconds"),
                  "release_events": (out["release_gate"].get("events") or {}).get("seconds")}
     link_keys = {k: v for k, v in out["link"].items() if isinstance(v, (int, float, str))}
+    try:   # the engine's own lap times (load, deterministic, blocking_keys, candidates, train, ...)
+        rep = json.loads((P.run_dir(cfg, run_id) / "linkage" / "report.json").read_text())
+        link_keys["timings"] = rep.get("timings_seconds")
+    except (OSError, ValueError):
+        pass
     _emit(event="result", times=times, gx=gx, gx_detail=gx_detail,
           release_dir=out["publish"].get("release_dir"),
           rows={i["source"]: i["rows_in"] for i in ingests}, link=link_keys,
@@ -305,10 +311,9 @@ def main() -> None:
               f"child ru_maxrss {r0['child_maxrss_gib']:.2f} GiB; verify "
               f"{'OK' if res[n]['verify_ok'] else 'FAILED'} ({r0['verify']['seconds']} s): "
               f"{r0['verify']['output'].splitlines()[-1] if r0['verify']['output'] else ''}")
-        steps = [st for st in r0["link_steps"] if st["seconds"]]
-        if steps:
-            print("  link steps: " + "; ".join(f"{st['step']} {st['seconds']} s {st['peak_rss_gib']} GiB"
-                                              for st in steps))
+        lt = (r0["link"] or {}).get("timings")
+        if lt:
+            print("  link (engine laps, s): " + ", ".join(f"{k} {v}" for k, v in lt.items()))
     print(f"\nload average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
