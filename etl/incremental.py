@@ -198,35 +198,36 @@ def _engine_overrides(tf_counts: dict | None):
 
 def _relevant_neighbours(nb: pl.DataFrame, dkeys: pl.DataFrame, spec, partners: dict, min_shared: int,
                          small_block: int = 4) -> pl.DataFrame:
-    """Old records that share at least `min_shared` blocking keys (rules) with one delta record
-    of a source they are compared with, or an identifier rule's key (GMC / UCAS number), or
-    one key held by at most `small_block` old records.
-    One shared key alone is mostly a common name or a shared postcode: such a pair almost
-    never scores above the pairs floor, and with national volumes those blocks grow with the
-    history, so they would make the subset grow too."""
+    """Old records sharing blocking keys with the delta (records of a source they are
+    compared with) under at least `min_shared` rules, or under an identifier rule (GMC /
+    UCAS number), or under one rule whose block holds at most `small_block` old records (a
+    rare name). One shared key alone is mostly a common name or a shared postcode: such a
+    pair almost never scores above the pairs floor, and those blocks grow with the history,
+    so they would make the subset grow too. Counted per old record (rules shared with any
+    delta record), so no pair is materialised."""
     cols = _rule_cols(spec)
     if min_shared <= 1 or nb.height == 0:
         return nb.select("source", "record_id")
     ident_fields = {i.field for i in spec.identifiers}
-    strong = [f"k{i}" for i, r in enumerate(spec.blocking)
-              if r.keys and all(set(k.fields) <= ident_fields for k in r.keys)]
-    sure = nb.filter(pl.any_horizontal([pl.col(c).is_in(dkeys[c].filter(dkeys[c] != 0).implode()) for c in strong])
-                     if strong else pl.lit(False)).select("source", "record_id")
-    long_old = nb.unpivot(index=["source", "record_id"], on=cols, variable_name="rule", value_name="key") \
-        .filter(pl.col("key") != 0)
-    long_new = dkeys.with_row_index("_d").unpivot(index=["_d", "source"], on=cols, variable_name="rule",
-                                                  value_name="key").filter(pl.col("key") != 0) \
-        .rename({"source": "_dsrc"})
-    ok_pairs = pl.DataFrame([(t, s) for t, ss in partners.items() for s in ss], schema=["source", "_dsrc"],
-                            orient="row")
-    # a key shared with few old records (a rare name, a small block) is specific enough alone
-    small = long_old.group_by("rule", "key").len("block").filter(pl.col("block") <= small_block)
-    j = (long_old.join(long_new, on=["rule", "key"]).join(ok_pairs, on=["source", "_dsrc"], how="semi")
-         .join(small.with_columns(pl.lit(True).alias("_small")), on=["rule", "key"], how="left")
-         .group_by("source", "record_id", "_d").agg(pl.len().alias("n"), pl.col("_small").any().alias("small"))
-         .filter((pl.col("n") >= min_shared) | pl.col("small").fill_null(False))
-         .select("source", "record_id").unique())
-    return pl.concat([sure, j]).unique()
+    strong = {f"k{i}" for i, r in enumerate(spec.blocking)
+              if r.keys and all(set(k.fields) <= ident_fields for k in r.keys)}
+    hits, sure = [], []
+    for c in cols:
+        h = None
+        for t, ss in partners.items():
+            dk = dkeys.filter(pl.col("source").is_in(ss) & (pl.col(c) != 0))[c].unique()
+            if dk.len() == 0:
+                continue
+            cond = (pl.col("source") == t) & pl.col(c).is_in(dk.implode())
+            h = cond if h is None else h | cond
+        if h is None:
+            continue
+        hits.append(h.cast(pl.Int8))
+        small = pl.len().over(c) <= small_block
+        sure.append(h & (pl.lit(c in strong) | small))
+    if not hits:
+        return nb.clear().select("source", "record_id")
+    return nb.filter((pl.sum_horizontal(hits) >= min_shared) | pl.any_horizontal(sure)).select("source", "record_id")
 
 
 # ----------------------------------------------------------------------------- state I/O
