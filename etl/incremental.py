@@ -661,9 +661,9 @@ def link_incremental(new_inputs: dict[str, Path], state_dir: Path, spec, out_dir
         a = a.with_columns(pl.col("key").alias("final"))
     # new records: join an existing person or start a new one
     newrec = a.filter(pl.col("old_key").is_null())
-    existing_keys = set(cw["person_key"].unique().to_list())
-    joined = int(newrec.filter(pl.col("final").is_in(list(existing_keys))).height)
-    new_persons = int(newrec.filter(~pl.col("final").is_in(list(existing_keys)))["final"].n_unique())
+    existing_keys = a["old_key"].drop_nulls().unique().implode()
+    joined = int(newrec.filter(pl.col("final").is_in(existing_keys)).height)
+    new_persons = int(newrec.filter(~pl.col("final").is_in(existing_keys))["final"].n_unique())
     lap("map_keys")
 
     # ---- new state ----------------------------------------------------------------------
@@ -675,14 +675,16 @@ def link_incremental(new_inputs: dict[str, Path], state_dir: Path, spec, out_dir
     ], how="vertical_relaxed").with_columns(pl.len().over("person_key").cast(pl.Int32).alias("cluster_size"))
     old_pairs = pl.read_parquet(st.path("pairs.parquet"))
     sub_codes = (sub_ids["source"] + ":" + sub_ids["record_id"]).implode()
-    old_pairs = old_pairs.filter(
+    rids = sub_ids["record_id"].unique().implode()
+    maybe = pl.col("record_id_l").is_in(rids) | pl.col("record_id_r").is_in(rids)
+    old_pairs = pl.concat([old_pairs.filter(~maybe), old_pairs.filter(maybe).filter(
         ~pl.concat_str("source_l", pl.lit(":"), "record_id_l").is_in(sub_codes)
-        & ~pl.concat_str("source_r", pl.lit(":"), "record_id_r").is_in(sub_codes))
+        & ~pl.concat_str("source_r", pl.lit(":"), "record_id_r").is_in(sub_codes))])
     new_pairs = spairs.filter(pl.col("linked"))
     pairs_all = pl.concat([old_pairs, new_pairs], how="diagonal_relaxed")
     changed_rec = a.filter(pl.col("old_key").is_not_null() & (pl.col("old_key") != pl.col("final")))
     hist_rows = [
-        newrec.select(pl.when(pl.col("final").is_in(list(existing_keys))).then(pl.lit("join"))
+        newrec.select(pl.when(pl.col("final").is_in(existing_keys)).then(pl.lit("join"))
                       .otherwise(pl.lit("new_person")).alias("event"),
                       pl.col("final").alias("person_key"), pl.lit(None, pl.String).alias("other_key"),
                       "source", "record_id", pl.lit("applied").alias("status")),
