@@ -104,6 +104,7 @@ def test_labels_round_trip_and_model_reuse(febrl, tmp_path):
     assert m2["reused"] is True
     rep2 = json.loads((tmp_path / "out2" / "report.json").read_text())
     assert rep2["label_accuracy"]["pairs"] == 40
+    assert len(rep2["label_accuracy"]["blocking_recall"]) == len(spec.blocking)
     assert rep2["label_accuracy"]["overall"]["precision"] == 1.0   # labels are forced into the decision
     assert m2["tasks"]["a|b"]["comparisons"].keys() == m1["tasks"]["a|b"]["comparisons"].keys()
 

@@ -121,6 +121,22 @@ def evaluate(clusters: Path, truth: Path, tasks, by: list[str]) -> dict:
     return out
 
 
+def rl_crosscheck(clusters: Path, truth: Path, a: str = "a", b: str = "b") -> dict:
+    """The same two-source figures through recordlinkage's own evaluation measures."""
+    import pandas as pd
+    import recordlinkage as rl
+
+    t = pl.read_parquet(truth).with_columns(pl.col("record_id").cast(pl.String), pl.col("person_id").cast(pl.String))
+    c = pl.read_parquet(clusters).with_columns(pl.col("record_id").cast(pl.String), pl.col("cluster_id").cast(pl.String))
+
+    def links(frame, key):
+        x = frame.filter(pl.col("source") == a).join(frame.filter(pl.col("source") == b), on=key, suffix="_r")
+        return pd.MultiIndex.from_arrays([x["record_id"].to_list(), x["record_id_r"].to_list()])
+    true_links, pred_links = links(t, "person_id"), links(c, "cluster_id")
+    return {"precision": float(rl.precision(true_links, pred_links)), "recall": float(rl.recall(true_links, pred_links)),
+            "f1": float(rl.fscore(true_links, pred_links))}
+
+
 # --------------------------------------------------------------------------- running
 def run_tool(tool: str, dataset: str, data: Path, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
@@ -168,6 +184,8 @@ def main() -> None:
                     results[tool]["last_attempt_failed"] = res["error"][:200]
                 break
             res["accuracy"] = evaluate(out / "clusters.parquet", data / "truth.parquet", TASKS[a.dataset], by)
+            if a.dataset in ("febrl4", "people"):
+                res["recordlinkage_measures"] = rl_crosscheck(out / "clusters.parquet", data / "truth.parquet")
             runs.append(res)
             print(f"  {tool} run {r}: {res['wall']:.1f} s, {res['rss_mib']:.0f} MiB", flush=True)
         if runs:
@@ -185,6 +203,10 @@ def main() -> None:
             pre = f"{tool:<9}{r['wall_median']:>8.1f}{r['rss_median']:>9.0f}" if first else " " * 26
             print(f"{pre}  {task:<26}{o['precision']:>10.4f}{o['recall']:>9.4f}{o['f1']:>9.4f}")
             first = False
+    rlm = {t: r["runs"][0].get("recordlinkage_measures") for t, r in results.items()}
+    if any(rlm.values()):
+        print("\ncross-check with recordlinkage.precision / recall / fscore: " + "; ".join(
+            f"{t} {v['precision']:.4f} / {v['recall']:.4f} / {v['f1']:.4f}" for t, v in rlm.items() if v))
     if by:
         print("\nF1 by subgroup (best / worst linked group, and women vs men):")
         for tool, r in results.items():

@@ -250,7 +250,7 @@ def link(inputs: dict[str, Path], spec: LinkSpec, out_dir: Path, truth: Path | N
     label_acc = None
     if labels is not None and labels.height:
         from etl.linkage.evaluate import label_accuracy
-        label_acc = label_accuracy(rec, spec, labels, cl.labels)
+        label_acc = label_accuracy(rec, spec, labels, cl.labels, rule_keys)
     from etl.linkage.report import build_report
     report = build_report(rec, spec, tasks, clusters, sc, cl, det, rule_stats, hist, model, evaluation,
                           timings, n_candidates, n_review)

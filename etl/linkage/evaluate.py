@@ -148,7 +148,8 @@ def evaluate(rec: Records, spec, tasks, clusters: pl.DataFrame, truth_path: Path
             "deterministic": det_prec}
 
 
-def label_accuracy(rec: Records, spec, labels: pl.DataFrame, cluster_labels: np.ndarray) -> dict:
+def label_accuracy(rec: Records, spec, labels: pl.DataFrame, cluster_labels: np.ndarray,
+                   rule_keys: list | None = None) -> dict:
     """Precision / recall / F1 on clerically labelled pairs (label 1 = match):
     a labelled pair is predicted linked when its records share a person. Labelled
     pairs are forced into the decision, so this measures agreement with the
@@ -167,4 +168,14 @@ def label_accuracy(rec: Records, spec, labels: pl.DataFrame, cluster_labels: np.
         tab = f.group_by(g).agg((pl.col("pred") & pl.col("lab")).sum().alias("tp"), pl.col("pred").sum().alias("p"),
                                 pl.col("lab").sum().alias("t")).sort(g)
         out["by_subgroup"][g] = {str(r[g]): prf(r["tp"], r["p"], r["t"]) for r in tab.iter_rows(named=True)}
+    # blocking recall on the labelled matches, rule by rule
+    if rule_keys is not None and lab.any():
+        ml, mr = gl[lab], gr[lab]
+        union = np.zeros(ml.size, bool)
+        out["blocking_recall"] = []
+        for r, keys in zip(spec.blocking, rule_keys):
+            hit = pairs_satisfy(keys, ml, mr)
+            union |= hit
+            out["blocking_recall"].append({"rule": r.name, "recall": float(hit.mean()),
+                                           "cumulative_recall": float(union.mean())})
     return out

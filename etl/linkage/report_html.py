@@ -194,6 +194,10 @@ def render_html(rep: dict) -> str:
         out.append("<h2>9. Agreement with clerical labels</h2>"
                    f"<p>{la['pairs']} labelled pairs ({la['labelled_matches']} matches): precision "
                    f"{_fmt(o['precision'])}, recall {_fmt(o['recall'])}, F1 {_fmt(o['f1'])}.</p>")
+        if la.get("blocking_recall"):
+            out.append("<h3>Blocking recall on labelled matches</h3>" + _table(
+                ["rule", "recall", "cumulative recall"],
+                [[b["rule"], b["recall"], b["cumulative_recall"]] for b in la["blocking_recall"]]))
         for g, tab in la["by_subgroup"].items():
             rows = [[k, v["precision"], v["recall"], v["f1"], v["true"]] for k, v in tab.items()]
             out.append(f"<details><summary>by {_e(g)}</summary>"
