@@ -286,7 +286,7 @@ def main() -> None:
     print()
     hdr = f"{'stage':<13}" + "".join(f"{f'{n:,}: s':>13}{'share':>7}{'peak GiB':>9}" for n in sizes)
     pairs = list(zip(sizes, sizes[1:]))
-    hdr += "".join(f"{f'exp {p[0]//1000}k-{p[1]//1000}k':>14}" for p in pairs)
+    hdr += "".join(f"{f'exp {p[0]//1000}k-{p[1]//1000}k':>16}" for p in pairs)
     print(hdr)
     print("-" * len(hdr))
     for s in (*STAGES, "total"):
@@ -296,7 +296,7 @@ def main() -> None:
             tot = res[n]["median_seconds"]["total"]
             row += f"{t:>13.2f}{100 * t / tot:>6.1f}%{res[n]['peak_rss_gib'][s]:>9.2f}"
         for n1, n2 in pairs:
-            row += f"{_exp(res[n1]['median_seconds'][s], res[n2]['median_seconds'][s], n1, n2):>14.2f}"
+            row += f"{_exp(res[n1]['median_seconds'][s], res[n2]['median_seconds'][s], n1, n2):>16.2f}"
         print(row)
     print()
     print("GX validation seconds (GateResult.seconds, median), included in the gate stages above:")
