@@ -192,3 +192,26 @@ def test_guide_polars_and_duckdb_snippets_run(tmp_path, monkeypatch):
     for q in sql:
         for stmt in [x for x in q.split(";") if x.strip()]:
             con.execute(stmt).fetchall()
+
+
+README = GUIDE.parent.parent / "README.md"
+
+
+def test_readme_polars_and_duckdb_examples_run(tmp_path, monkeypatch):
+    """The README's analyst examples, as written, against a release."""
+    releases = tmp_path / "out" / "sample" / "releases"
+    rel = make_release(releases / "20260101T000000Z-abc123", n=800, seed=5)
+    (releases / "CURRENT").write_text(rel.name + "\n")
+    text = README.read_text()
+    py = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    sql = re.findall(r"```sql\n(.*?)```", text, flags=re.S)
+    assert py and sql
+    monkeypatch.chdir(tmp_path)
+    for code in py:
+        exec(compile(code, str(README), "exec"), {})   # noqa: S102 - our own docs
+    import duckdb
+    monkeypatch.chdir(rel)
+    con = duckdb.connect()
+    for q in sql:
+        rows = con.execute(q).fetchall()
+        assert rows and sum(r[-1] for r in rows) == 800
