@@ -9,8 +9,8 @@ that respects one-to-one constraints between sources.
 See docs/linkage.md.
 """
 
-from etl.linkage.engine import explain, link
+from etl.linkage.engine import explain, link, plan_blocks, score_block
 from etl.linkage.review import read_labels
 from etl.linkage.spec import LinkSpec, load_spec, parse_model
 
-__all__ = ["link", "load_spec", "parse_model", "explain", "read_labels", "LinkSpec"]
+__all__ = ["link", "load_spec", "parse_model", "explain", "read_labels", "LinkSpec", "plan_blocks", "score_block"]

@@ -138,7 +138,8 @@ def block_sizes(keys: np.ndarray, a: tuple[int, int], b: tuple[int, int], dedupe
 
 def rule_pairs(keys: np.ndarray, a: tuple[int, int], b: tuple[int, int], dedupe: bool,
                chunk_pairs: int, max_block_pairs: int | None = None, key_fraction: float = 1.0,
-               seed: int = 0) -> tuple[Iterator[tuple[np.ndarray, np.ndarray]], int, int]:
+               seed: int = 0, part: tuple[int, int] | None = None
+               ) -> tuple[Iterator[tuple[np.ndarray, np.ndarray]], int, int]:
     """Pairs (l, r) with equal non-null key between ranges a and b, chunked.
 
     Returns (iterator, total pairs that will be produced, skipped blocks).
@@ -153,6 +154,10 @@ def rule_pairs(keys: np.ndarray, a: tuple[int, int], b: tuple[int, int], dedupe:
         thresh = np.uint64(int(key_fraction * 2**63))
         mixed = (sizes["k"].to_numpy().astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15 + seed)) >> np.uint64(1)
         sizes = sizes.filter(pl.Series(mixed < thresh))
+    if part is not None and part[1] > 1:
+        # block-wise scoring (Dask fan-out): this worker's share of the keys
+        h = (sizes["k"].to_numpy().astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(40)
+        sizes = sizes.filter(pl.Series(h % np.uint64(part[1]) == np.uint64(part[0])))
     total = int(sizes["pairs"].sum() or 0)
     sizes = sizes.sort("k").with_columns(
         (pl.col("pairs").cum_sum() // max(chunk_pairs, 1)).alias("chunk"))

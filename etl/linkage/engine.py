@@ -88,7 +88,7 @@ def _prepare(inputs: dict[str, Path], spec: LinkSpec) -> tuple[Records, list, li
 
 
 def link(inputs: dict[str, Path], spec: LinkSpec, out_dir: Path, truth: Path | None = None,
-         progress: Callable[[str], Any] | None = None) -> dict:
+         progress: Callable[[str], Any] | None = None, scored_blocks: list[Path] | None = None) -> dict:
     t_start = time.time()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -123,7 +123,8 @@ def link(inputs: dict[str, Path], spec: LinkSpec, out_dir: Path, truth: Path | N
     rule_names = ["deterministic"] + [r.name for r in spec.blocking]
     rule_keys = [record_keys(rec, r) for r in spec.blocking]
     lap("blocking_keys")
-    cand, rule_stats = _candidates(rec, spec, tasks, evals, det, rule_keys, labels)
+    cand, rule_stats = _candidates(rec, spec, tasks, evals, det, rule_keys, labels,
+                                   blocks=[Path(p) for p in scored_blocks] if scored_blocks else None)
     lap("candidates")
 
     # ---- model: reuse, or train u (sampled), m (EM sessions), lambda ---------------
@@ -439,19 +440,29 @@ def _set_lambda(spec: LinkSpec, tm: TaskModel, P, cnt, possible, det, ti) -> Non
     tm.expected_matches = expected
 
 
-def _candidates(rec: Records, spec: LinkSpec, tasks, evals, det, rule_keys, labels):
+def _candidates(rec: Records, spec: LinkSpec, tasks, evals, det, rule_keys, labels,
+                part: tuple[int, int] | None = None, blocks: list[Path] | None = None):
     """Union of blocking rules per task (plus deterministic and labelled pairs),
-    each pair once, with comparison levels."""
+    each pair once, with comparison levels, in a canonical order.
+
+    `part=(i, n)`: only this share of the blocking keys, no deterministic pass
+    (one block of a fanned-out scoring). `blocks`: take the blocking pairs and
+    their levels from scored block files instead of generating them."""
+    block_frames = None
+    if blocks is not None:
+        block_frames = [pl.read_parquet(p) for p in blocks]
+        block_stats = [json.loads(Path(str(p) + ".json").read_text()) for p in blocks]
     Ls, Rs, Ts, Us, Gs, Ms = [], [], [], [], [], []
     TF: dict[int, list] = {}
     stats: list[RuleStats] = []
     n = rec.n
     chunk = spec.max_pairs_per_chunk
 
-    def add(li, ri, ti, rule_idx, method):
+    def add(li, ri, ti, rule_idx, method, G=None, tfs=None):
         if li.size == 0:
             return
-        G, tfs = comparison_matrix(evals, li, ri, tasks[ti])
+        if G is None:
+            G, tfs = comparison_matrix(evals, li, ri, tasks[ti])
         Ls.append(li.astype(np.int32)); Rs.append(ri.astype(np.int32))
         Ts.append(np.full(li.size, ti, np.int8)); Us.append(np.full(li.size, rule_idx, np.int16))
         Gs.append(G); Ms.append(method.astype(np.int8) if isinstance(method, np.ndarray)
@@ -463,9 +474,12 @@ def _candidates(rec: Records, spec: LinkSpec, tasks, evals, det, rule_keys, labe
     for ti, t in enumerate(tasks):
         a, b = rec.offsets[t[0]], rec.offsets[t[1]]
         dedupe = t[0] == t[1]
-        dsel = det.task == ti
-        found = [np.sort(det.li[dsel].astype(np.int64) * n + det.ri[dsel])]
-        add(det.li[dsel], det.ri[dsel], ti, 0, det.method[dsel])
+        if det is None:
+            found = [np.zeros(0, np.int64)]
+        else:
+            dsel = det.task == ti
+            found = [np.sort(det.li[dsel].astype(np.int64) * n + det.ri[dsel])]
+            add(det.li[dsel], det.ri[dsel], ti, 0, det.method[dsel])
         if labels is not None:
             lab = labels.filter(pl.col("task") == spec.task_key(t))
             if lab.height:
@@ -476,11 +490,32 @@ def _candidates(rec: Records, spec: LinkSpec, tasks, evals, det, rule_keys, labe
                 add(ll[new], lr[new], ti, 0, m)
                 found.append(code[new])
         found_sorted = np.sort(np.concatenate(found))
+        if block_frames is not None:
+            for ri_, rule in enumerate(spec.blocking):
+                st = RuleStats(rule.name, spec.task_key(t))
+                for bs in block_stats:
+                    for x in bs:
+                        if x["task"] == st.task and x["rule"] == rule.name:
+                            st.pairs += x["pairs"]
+                            st.skipped_blocks += x["skipped_blocks"]
+                for f in block_frames:
+                    f = f.filter((pl.col("task") == ti) & (pl.col("rule") == ri_ + 1))
+                    if f.height == 0:
+                        continue
+                    li, ri = f["li"].to_numpy(), f["ri"].to_numpy()
+                    keep = drop_found(li, ri, [], found_sorted, n)
+                    Gb = np.stack([f[f"g{j}"].to_numpy() for j in range(len(evals))], axis=1)[keep]
+                    tfb = {j: f[f"tf{j}"].to_numpy()[keep] for j in range(len(evals)) if f"tf{j}" in f.columns}
+                    st.new_pairs += int(keep.sum())
+                    add(li[keep], ri[keep], ti, ri_ + 1, 0, Gb, tfb)
+                stats.append(st)
+            continue
         for ri_, rule in enumerate(spec.blocking):
             keys = rule_keys[ri_]
             st = RuleStats(rule.name, spec.task_key(t))
             it, total, skipped = rule_pairs(keys, a, b, dedupe, chunk,
-                                            max_block_pairs=rule.max_block_pairs or spec.max_block_pairs)
+                                            max_block_pairs=rule.max_block_pairs or spec.max_block_pairs,
+                                            part=part)
             st.pairs = total
             st.skipped_blocks = skipped
             for li, ri in it:
@@ -496,7 +531,42 @@ def _candidates(rec: Records, spec: LinkSpec, tasks, evals, det, rule_keys, labe
     out = {"li": np.concatenate(Ls), "ri": np.concatenate(Rs), "task": np.concatenate(Ts),
            "rule": np.concatenate(Us), "G": np.concatenate(Gs), "method": np.concatenate(Ms),
            "tfu": {j: np.concatenate(v) for j, v in TF.items()}}
+    # canonical order, so that single-process and block-wise runs give identical results
+    order = np.lexsort((out["ri"], out["li"], out["rule"], out["task"]))
+    for k in ("li", "ri", "task", "rule", "G", "method"):
+        out[k] = out[k][order]
+    out["tfu"] = {j: v[order] for j, v in out["tfu"].items()}
     return out, stats
+
+
+def plan_blocks(inputs: dict[str, Path], spec: LinkSpec, n_blocks: int) -> list[dict]:
+    """Blocks for fanned-out scoring: each is a share of every blocking rule's
+    keys (JSON-serialisable: paths and integers only)."""
+    n_blocks = max(int(n_blocks), 1)
+    ins = {k: str(v) for k, v in inputs.items()}
+    return [{"inputs": ins, "part": i, "n": n_blocks} for i in range(n_blocks)]
+
+
+def score_block(block: dict, spec: LinkSpec, out_dir: Path) -> Path:
+    """Candidate pairs and their comparison levels for one block (a Dask task);
+    `link(..., scored_blocks=[...])` finishes from these files and gives the
+    same result as a single-process run."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rec, tasks, evals = _prepare({k: Path(v) for k, v in block["inputs"].items()}, spec)
+    rule_keys = [record_keys(rec, r) for r in spec.blocking]
+    cand, stats = _candidates(rec, spec, tasks, evals, None, rule_keys, None,
+                              part=(int(block["part"]), int(block["n"])))
+    cols = {"li": cand["li"], "ri": cand["ri"], "task": cand["task"], "rule": cand["rule"]}
+    for j in range(len(evals)):
+        cols[f"g{j}"] = cand["G"][:, j]
+        if j in cand["tfu"]:
+            cols[f"tf{j}"] = cand["tfu"][j]
+    path = out_dir / f"block_{int(block['part']):04d}.parquet"
+    pl.DataFrame(cols).write_parquet(path)
+    Path(str(path) + ".json").write_text(json.dumps(
+        [{"rule": s.rule, "task": s.task, "pairs": s.pairs, "skipped_blocks": s.skipped_blocks} for s in stats]))
+    return path
 
 
 def _labels_to_gid(lab: pl.DataFrame, rec: Records) -> pl.DataFrame:
