@@ -178,3 +178,33 @@ def test_failed_gate_leaves_last_good_release(delivery, first_run, tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert current(delivery) == before
     assert medlink("verify", str(before)).returncode == 0
+
+
+def test_real_key_is_written_nowhere(delivery, tmp_path):
+    """A run with a real key (not demo): the key appears in no file under
+    the output directory (restricted zone included) and in no console output,
+    in any of its usual encodings."""
+    import base64
+    import secrets
+    key = secrets.token_bytes(32)
+    cfg = yaml.safe_load((delivery / "delivery.yaml").read_text())
+    cfg["governance"]["demo"] = False
+    for s in cfg["sources"].values():
+        s["path"] = str((delivery / s["path"]).resolve())
+    cfg["output"]["dir"] = str(tmp_path / "out")
+    p = tmp_path / "delivery.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    r = medlink("run", "--no-prefect", "--config", str(p), env={"MEDLINK_KEY": key.hex()})
+    forms = [key.hex().encode(), key.hex().upper().encode(), base64.b64encode(key), key]
+    blobs = [r.stdout.encode(), r.stderr.encode()]
+    blobs += [f.read_bytes() for f in (tmp_path / "out").rglob("*") if f.is_file()]
+    assert len(blobs) > 20
+    assert not [f for f in forms for b in blobs if f in b]
+    # and without any key the run refuses to publish
+    cfg["output"]["dir"] = str(tmp_path / "out2")
+    p.write_text(yaml.safe_dump(cfg))
+    env = {k: v for k, v in os.environ.items() if k != "MEDLINK_KEY"}
+    r = subprocess.run([sys.executable, "-m", "etl.cli", "run", "--no-prefect", "--config", str(p)],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode != 0 and "key" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "out2" / "releases" / "CURRENT").exists()

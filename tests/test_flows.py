@@ -437,6 +437,9 @@ def test_dask_fan_out_wiring_with_stub_block_api(prefect_server, stub, tmp_path,
 
 # --------------------------------------------------------------------------- tests: the real pipeline
 
+REAL_KEY = "c0ffee11" * 8          # 256-bit hex key
+
+
 def _real_stages():
     for m in ("etl.synth", "etl.linkage", "etl.quality", "etl.assemble", "etl.governance", "etl.publish",
               "etl.report"):
@@ -451,9 +454,12 @@ def _real_stages():
 def real_delivery(tmp_path, monkeypatch):
     _real_stages()
     from etl.synth import generate
-    monkeypatch.setenv("MEDLINK_KEY", "test-key-" + "x" * 32)
+    monkeypatch.setenv("MEDLINK_KEY", REAL_KEY)
     generate(2000, 11, tmp_path / "d")   # k-anonymity (k=10) needs a few thousand
-    return tmp_path / "d" / "delivery.yaml"
+    cfg = tmp_path / "d" / "delivery.yaml"
+    # a real key, not the demo key: the key itself must reach no Prefect storage
+    cfg.write_text(cfg.read_text().replace("demo: true", "demo: false"))
+    return cfg
 
 
 def _run_real(config, **kw):
@@ -473,7 +479,7 @@ def test_real_pipeline_flow(prefect_server, real_delivery, tmp_path):
         set(artifacts(prefect_server, fr["id"]))
     terms = _pii_terms(real_delivery.parent)
     assert len(terms) > 1000
-    assert _search_prefect_storage(prefect_server["home"], terms) == []
+    assert _search_prefect_storage(prefect_server["home"], terms | {REAL_KEY}) == []
 
 
 def test_dask_two_workers_same_clusters(prefect_server, real_delivery, tmp_path):
