@@ -29,7 +29,6 @@ are applied or held (`policy`) and listed with the pairs behind them.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -142,58 +141,8 @@ def _name_tf_counts(records: dict[str, pl.DataFrame], spec) -> dict | None:
     fn = x.drop_nulls("fn1").group_by("fn1").len()
     sn = x.drop_nulls("sn").group_by("sn").len()
     jt = x.drop_nulls(["fn1", "sn"]).group_by("fn1", "sn").len()
-    return {"comparison": comp.name,
-            "forename": (fn, int(fn["len"].sum())), "surname": (sn, int(sn["len"].sum())),
-            "joint": (jt, int(jt["len"].sum())), "n": x.height}
-
-
-@contextlib.contextmanager
-def _engine_overrides(tf_counts: dict | None):
-    """While linking a subset with a stored model: keep the model's lambda (set
-    from the whole population in meta.json) instead of re-estimating it on the
-    subset, and give the name TF levels the frequencies of the whole population.
-    Patches two engine internals for the duration of the call (not thread-safe;
-    see docs/incremental.md for the engine hook that would replace this)."""
-    from etl.linkage import comparisons as C
-    from etl.linkage import engine as E
-
-    orig_lambda = E._set_lambda
-    orig_tf = C.Evaluator.tf
-
-    def keep_lambda(spec, tm, *a, **k):
-        tm.lam_method = "stored model, lambda scaled to the whole population (incremental)"
-
-    def global_tf(self, which):
-        if tf_counts is None or self.kind != "name" or self.comp.name != tf_counts["comparison"]:
-            return orig_tf(self, which)
-        if which in self._tf_cache:
-            return self._tf_cache[which]
-        nm = self.nm
-        vals = np.asarray(nm["values"], dtype=object)
-
-        def strings(codes):
-            out = np.full(codes.size, None, dtype=object)
-            ok = codes >= 0
-            out[ok] = vals[codes[ok]]
-            return pl.Series(out, dtype=pl.String)
-
-        frame = pl.DataFrame({"fn1": strings(nm["fn1"]), "sn": strings(nm["sn"])})
-        key = {"joint": ["fn1", "sn"], "forename": ["fn1"], "surname": ["sn"]}.get(which, ["fn1", "sn"])
-        table, total = tf_counts.get(which if which in ("forename", "surname") else "joint")
-        j = frame.join(table, on=key, how="left", maintain_order="left")
-        ok = frame.select(pl.all_horizontal([pl.col(c).is_not_null() for c in key])).to_series()
-        cnt = j["len"].fill_null(1).cast(pl.Float64).to_numpy()
-        out = np.where(ok.to_numpy(), cnt / max(total, 1), 0.0)
-        self._tf_cache[which] = out
-        return out
-
-    E._set_lambda = keep_lambda
-    C.Evaluator.tf = global_tf
-    try:
-        yield
-    finally:
-        E._set_lambda = orig_lambda
-        C.Evaluator.tf = orig_tf
+    return {comp.name: {"forename": (fn, int(fn["len"].sum())), "surname": (sn, int(sn["len"].sum())),
+                        "joint": (jt, int(jt["len"].sum()))}}
 
 
 def _relevant_neighbours(nb: pl.DataFrame, dkeys: pl.DataFrame, spec, partners: dict, min_shared: int,
@@ -631,10 +580,9 @@ def link_incremental(new_inputs: dict[str, Path], state_dir: Path, spec, out_dir
                                                                          schema={"source": pl.String,
                                                                                  "record_id": pl.String})
                                                              for s, d in delta.items()]),
-                    pl.read_parquet(st.path("pairs.parquet")), model_path, tf_counts)
+                    pl.read_parquet(st.path("pairs.parquet")), tf_counts)
     else:
-        with _engine_overrides(tf_counts):
-            link(sub_paths, spec2, work / "link", progress=progress)
+        link(sub_paths, spec2, work / "link", progress=progress, prior_from_model=True, tf_counts=tf_counts)
     lap("link_subset")
 
     # ---- map the subset's clusters onto the stable keys ---------------------------------
@@ -898,121 +846,18 @@ def link_stage(cfg, run_id: str, ingest_summaries: list[dict], *, policy: str | 
 # ----------------------------------------------------------------------------- focused link
 
 def _link_focus(inputs: dict[str, Path], spec, out_dir: Path, focus_ids: pl.DataFrame, old_pairs: pl.DataFrame,
-                model_path: Path, tf_counts: dict | None) -> dict:
-    """The engine's link() on the subset, scoring only pairs that touch a delta record.
+                tf_counts: dict | None) -> dict:
+    """The engine's link() on the subset, scoring only pairs that touch a delta record
+    (`focus`), with the links already accepted between unchanged records (state pairs)
+    re-scored as candidates (`fixed_pairs`) instead of re-blocking the whole subset, the
+    stored model's lambda (`prior_from_model`) and population term frequencies
+    (`tf_counts`). Cost follows the delta, not the subset."""
+    from etl.linkage import link
 
-    Same steps and internals as etl.linkage.engine.link (deterministic pass, union of
-    blocking rules, stored model, TF, constrained clustering with the residual pass,
-    clusters/pairs writers), except: candidate pairs (blocking and identifier) are kept
-    only when one side is a new/changed record, and the links already accepted between
-    unchanged records (state pairs) are re-scored as candidates instead of re-blocking
-    the whole subset. Cost follows the delta, not the subset."""
-    from etl.linkage import engine as E
-    from etl.linkage import output as O
-    from etl.linkage.blocking import record_keys
-    from etl.linkage.cluster import cluster
-    from etl.linkage.comparisons import comparison_matrix
-    from etl.linkage.deterministic import deterministic_pass
-    from etl.linkage.model import load_model
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    orig_rule_pairs = E.rule_pairs
-    with _engine_overrides(tf_counts):
-        rec, tasks, evals = E._prepare({k: Path(v) for k, v in inputs.items()}, spec)
-        ev_by_name = {ev.comp.name: ev for ev in evals}
-        tkeys = [spec.task_key(t) for t in tasks]
-        tf_min = spec.tf_min_u if spec.tf_min_u else 1.0 / max(rec.n, 1)
-        src_idx = {s: i for i, s in enumerate(rec.sources)}
-        gids = rec.df.select(pl.col("_src").cast(pl.Int8), "record_id").with_row_index("gid")
-        f = focus_ids.select(pl.col("source").replace_strict(src_idx, return_dtype=pl.Int8).alias("_src"),
-                             "record_id").with_columns(pl.lit(True).alias("_f"))
-        focus = gids.join(f, on=["_src", "record_id"], how="left", maintain_order="left")["_f"] \
-            .fill_null(False).to_numpy()
-
-        det = deterministic_pass(rec, spec, ev_by_name, tasks)
-        k = focus[det.li] | focus[det.ri]
-        det = dataclasses.replace(det, li=det.li[k], ri=det.ri[k], method=det.method[k], ident=det.ident[k],
-                                  task=det.task[k])
-        rule_names = ["deterministic"] + [r.name for r in spec.blocking]
-        rule_keys = [record_keys(rec, r) for r in spec.blocking]
-
-        def focused(keys, a, b, dedupe, chunk, **kw):
-            it, total, skipped = orig_rule_pairs(keys, a, b, dedupe, chunk, **kw)
-
-            def gen():
-                for li, ri in it:
-                    sel = focus[li] | focus[ri]
-                    yield li[sel], ri[sel]
-            return gen(), total, skipped
-
-        E.rule_pairs = focused
-        try:
-            cand, _ = E._candidates(rec, spec, tasks, evals, det, rule_keys, None)
-        finally:
-            E.rule_pairs = orig_rule_pairs
-
-        # links already accepted between unchanged records, re-scored as candidates
-        extra = []
-        if old_pairs.height:
-            g = gids.select(pl.col("_src"), "record_id", pl.col("gid").cast(pl.Int64))
-            op = (old_pairs.select("source_l", "record_id_l", "source_r", "record_id_r", "method")
-                  .with_columns(pl.col("source_l").replace_strict(src_idx, default=None, return_dtype=pl.Int8),
-                                pl.col("source_r").replace_strict(src_idx, default=None, return_dtype=pl.Int8))
-                  .join(g.rename({"_src": "source_l", "record_id": "record_id_l", "gid": "gl"}),
-                        on=["source_l", "record_id_l"])
-                  .join(g.rename({"_src": "source_r", "record_id": "record_id_r", "gid": "gr"}),
-                        on=["source_r", "record_id_r"]))
-            gl, gr = op["gl"].to_numpy(), op["gr"].to_numpy()
-            li, ri = np.minimum(gl, gr), np.maximum(gl, gr)
-            keep = ~(focus[li] | focus[ri])
-            meth = op["method"].to_numpy().astype(str)
-            mcode = np.where(meth == "deterministic", 1, np.where(meth == "clerical", 3, 0)).astype(np.int8)
-            li, ri, mcode = li[keep], ri[keep], mcode[keep]
-            tindex = {(src_idx[t[0]], src_idx[t[1]]): ti for ti, t in enumerate(tasks)}
-            sl, sr = rec.src[li], rec.src[ri]
-            for (a, b), ti in tindex.items():
-                sel = (sl == a) & (sr == b)
-                if sel.any():
-                    G, tfs = comparison_matrix(evals, li[sel], ri[sel], tasks[ti])
-                    extra.append((li[sel].astype(np.int32), ri[sel].astype(np.int32), ti, G, tfs, mcode[sel]))
-        if extra:
-            n_tf = {j for j, ev in enumerate(evals) if ev.tf_levels}
-            cand["li"] = np.concatenate([cand["li"]] + [e[0] for e in extra])
-            cand["ri"] = np.concatenate([cand["ri"]] + [e[1] for e in extra])
-            cand["task"] = np.concatenate([cand["task"]] + [np.full(e[0].size, e[2], np.int8) for e in extra])
-            cand["rule"] = np.concatenate([cand["rule"]] + [np.zeros(e[0].size, np.int16) for e in extra])
-            cand["G"] = np.concatenate([cand["G"]] + [e[3] for e in extra])
-            cand["method"] = np.concatenate([cand["method"]] + [e[5] for e in extra])
-            for j in n_tf:
-                base = cand["tfu"].get(j, np.zeros(cand["li"].size - sum(e[0].size for e in extra), np.float32))
-                cand["tfu"][j] = np.concatenate([base] + [e[4].get(j, np.zeros(e[0].size, np.float32))
-                                                          for e in extra])
-
-        model = load_model(model_path, spec)
-        n_c = cand["li"].size
-        weight = np.zeros(n_c)
-        for ti in range(len(tasks)):
-            sel = np.flatnonzero(cand["task"] == ti)
-            if sel.size:
-                weight[sel] = E.pair_weights(model.tasks[tkeys[ti]], cand["G"][sel],
-                                             {j: t[sel] for j, t in cand["tfu"].items()}, tf_min)
-    prob = E.prob_of(weight)
-    method = cand["method"]
-    keep = (prob >= spec.pairs_floor) | (method > 0)
-    sc = E.Scored(cand["li"][keep], cand["ri"][keep], cand["task"][keep], cand["rule"][keep],
-                  cand["G"][keep], {j: t[keep] for j, t in cand["tfu"].items()}, weight[keep], prob[keep],
-                  method[keep], rule_names)
-    forced = sc.method > 0
-    dup = {s for s, o in spec.sources.items() if o.get("duplicates")}
-    one_to_one = spec.clustering.get("method", "constrained_greedy") != "connected_components"
-    cl = cluster(rec.n, rec.src, list(spec.sources), dup, sc.li, sc.ri, sc.prob, sc.weight, forced,
-                 spec.threshold, spec.dedupe_threshold, None, one_to_one=one_to_one)
-    if one_to_one and spec.clustering.get("residual_pass", True):
-        residual = E._residual_pass(rec, spec, tasks, sc, cl)
-        if residual["pairs"]:
-            cl = cluster(rec.n, rec.src, list(spec.sources), dup, sc.li, sc.ri, residual["prob"],
-                         residual["weight"], forced, spec.threshold, spec.dedupe_threshold, None, one_to_one=True)
-    O.write_clusters(out_dir, rec, cl, sc, spec)
-    O.write_pairs(out_dir, rec, sc, spec, tasks, cl)
-    return {"records": rec.n, "pairs_scored": int(n_c), "links": int(cl.accepted.sum())}
+    fk = focus_ids.select("source", "record_id")
+    fixed = (old_pairs.join(fk.rename({"source": "source_l", "record_id": "record_id_l"}),
+                            on=["source_l", "record_id_l"], how="anti")
+             .join(fk.rename({"source": "source_r", "record_id": "record_id_r"}),
+                   on=["source_r", "record_id_r"], how="anti"))
+    return link(inputs, spec, out_dir, focus=fk, fixed_pairs=fixed, prior_from_model=True,
+                tf_counts=tf_counts, report=False)

@@ -138,10 +138,12 @@ def block_sizes(keys: np.ndarray, a: tuple[int, int], b: tuple[int, int], dedupe
 
 def rule_pairs(keys: np.ndarray, a: tuple[int, int], b: tuple[int, int], dedupe: bool,
                chunk_pairs: int, max_block_pairs: int | None = None, key_fraction: float = 1.0,
-               seed: int = 0, part: tuple[int, int] | None = None
+               seed: int = 0, part: tuple[int, int] | None = None, focus: np.ndarray | None = None
                ) -> tuple[Iterator[tuple[np.ndarray, np.ndarray]], int, int]:
     """Pairs (l, r) with equal non-null key between ranges a and b, chunked.
 
+    `focus` (bool per record): only blocks holding a focus record (the caller keeps the
+    pairs touching one); blocks too big to pair are judged on their full size.
     Returns (iterator, total pairs that will be produced, skipped blocks).
     `key_fraction` < 1 keeps a pseudo-random subset of blocks (for training)."""
     sizes = block_sizes(keys, a, b, dedupe).filter(pl.col("pairs") > 0)
@@ -158,6 +160,9 @@ def rule_pairs(keys: np.ndarray, a: tuple[int, int], b: tuple[int, int], dedupe:
         # block-wise scoring (Dask fan-out): this worker's share of the keys
         h = (sizes["k"].to_numpy().astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(40)
         sizes = sizes.filter(pl.Series(h % np.uint64(part[1]) == np.uint64(part[0])))
+    if focus is not None:
+        fk = np.unique(np.concatenate([keys[lo:hi][focus[lo:hi]] for lo, hi in {a, b}]))
+        sizes = sizes.filter(pl.col("k").is_in(pl.Series(fk, dtype=sizes.schema["k"]).implode()))
     total = int(sizes["pairs"].sum() or 0)
     sizes = sizes.sort("k").with_columns(
         (pl.col("pairs").cum_sum() // max(chunk_pairs, 1)).alias("chunk"))

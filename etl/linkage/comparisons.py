@@ -113,6 +113,10 @@ class Evaluator:
             return self.pc["full"][0]
         raise ValueError(which)
 
+    def set_tf(self, which: str, table: np.ndarray) -> None:
+        """Per-record term frequencies supplied from outside (population counts)."""
+        self._tf_cache[which] = np.asarray(table, dtype=np.float64)
+
     def tf(self, which: str) -> np.ndarray:
         if which not in self._tf_cache:
             self._tf_cache[which] = _tf_table(self.tf_codes(which))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -88,7 +88,24 @@ def _prepare(inputs: dict[str, Path], spec: LinkSpec) -> tuple[Records, list, li
 
 
 def link(inputs: dict[str, Path], spec: LinkSpec, out_dir: Path, truth: Path | None = None,
-         progress: Callable[[str], Any] | None = None, scored_blocks: list[Path] | None = None) -> dict:
+         progress: Callable[[str], Any] | None = None, scored_blocks: list[Path] | None = None, *,
+         focus=None, fixed_pairs: pl.DataFrame | None = None, prior_from_model: bool = False,
+         tf_counts: dict | None = None, report: bool = True) -> dict:
+    """Link `inputs` (standardised Parquet per source) into out_dir.
+
+    Hooks for linking a subset against a known population (incremental linkage; all
+    default to off, and then the result is exactly the ordinary link):
+    - `focus`: (source, record_id) frame/series of records; candidate pairs (identifier
+      pass and blocking) are kept only when at least one side is in focus.
+    - `fixed_pairs`: frame with source_l, record_id_l, source_r, record_id_r[, method]:
+      added as candidates (scored with the model; method "deterministic"/"clerical" keeps
+      them forced), unless already a candidate.
+    - `prior_from_model`: with `spec.reuse_model`, keep each task's lambda from the model
+      instead of re-estimating it on these candidates.
+    - `tf_counts`: {comparison name: {which: (frame of value columns + "len", total)}}:
+      term frequencies from population counts instead of from the records linked
+      (name comparisons: which in joint / forename / surname, columns fn1 / sn).
+    - `report=False`: write clusters, pairs and model.json only (no review, report)."""
     t_start = time.time()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -104,6 +121,9 @@ def link(inputs: dict[str, Path], spec: LinkSpec, out_dir: Path, truth: Path | N
     rec, tasks, evals = _prepare({k: Path(v) for k, v in inputs.items()}, spec)
     ev_by_name = {ev.comp.name: ev for ev in evals}
     tkeys = [spec.task_key(t) for t in tasks]
+    if tf_counts:
+        _set_tf_counts(evals, tf_counts)
+    focus_mask = _focus_mask(rec, focus) if focus is not None else None
     _say(progress, f"linkage: {rec.n} records in {len(rec.present)} sources, {len(tasks)} tasks")
     rng = np.random.default_rng(spec.seed)
     tf_min = spec.tf_min_u if spec.tf_min_u else 1.0 / max(rec.n, 1)
@@ -111,6 +131,10 @@ def link(inputs: dict[str, Path], spec: LinkSpec, out_dir: Path, truth: Path | N
 
     # ---- deterministic pass -------------------------------------------------------
     det = deterministic_pass(rec, spec, ev_by_name, tasks)
+    if focus_mask is not None:
+        k = focus_mask[det.li] | focus_mask[det.ri]
+        det = replace(det, li=det.li[k], ri=det.ri[k], method=det.method[k], ident=det.ident[k],
+                      task=det.task[k])
     lap("deterministic")
 
     # ---- clerical labels ---------------------------------------------------------
@@ -124,7 +148,10 @@ def link(inputs: dict[str, Path], spec: LinkSpec, out_dir: Path, truth: Path | N
     rule_keys = [record_keys(rec, r) for r in spec.blocking]
     lap("blocking_keys")
     cand, rule_stats = _candidates(rec, spec, tasks, evals, det, rule_keys, labels,
-                                   blocks=[Path(p) for p in scored_blocks] if scored_blocks else None)
+                                   blocks=[Path(p) for p in scored_blocks] if scored_blocks else None,
+                                   focus=focus_mask)
+    if fixed_pairs is not None and fixed_pairs.height:
+        cand = _add_fixed_pairs(cand, rec, tasks, evals, fixed_pairs)
     lap("candidates")
 
     # ---- model: reuse, or train u (sampled), m (EM sessions), lambda ---------------
@@ -151,7 +178,10 @@ def link(inputs: dict[str, Path], spec: LinkSpec, out_dir: Path, truth: Path | N
         P, cnt = T.patterns(cand["G"][sel])
         na, nb = rec.counts[t[0]], rec.counts[t[1]]
         possible = na * (na - 1) / 2 if t[0] == t[1] else float(na) * nb
-        if reused:
+        if reused and prior_from_model:
+            tm = model.tasks[key]
+            tm.lam_method = "stored model (lambda kept)"
+        elif reused:
             tm = model.tasks[key]
             _set_lambda(spec, tm, P, cnt, possible, det, ti)
         else:
@@ -240,6 +270,11 @@ def link(inputs: dict[str, Path], spec: LinkSpec, out_dir: Path, truth: Path | N
     if reused:
         model.info["reused_from"] = str(spec.reuse_model)
     (out_dir / "model.json").write_text(json.dumps(model.to_json(spec), indent=1, default=float))
+    if not report:
+        lap("write")
+        return {"records": rec.n, "pairs_scored": n_candidates, "pairs_written": int(sc.li.size),
+                "links": int(cl.accepted.sum()), "seconds": round(time.time() - t_start, 2),
+                "timings": timings}
     n_review = O.write_review(out_dir, rec, sc, spec, tasks)
     lap("write")
 
@@ -440,8 +475,109 @@ def _set_lambda(spec: LinkSpec, tm: TaskModel, P, cnt, possible, det, ti) -> Non
     tm.expected_matches = expected
 
 
+def _focus_mask(rec: Records, focus) -> np.ndarray:
+    """Bool per record: is (source, record_id) in `focus` (a frame with source, record_id,
+    or a series of structs with those fields)."""
+    if isinstance(focus, pl.Series):
+        focus = focus.struct.unnest() if focus.dtype == pl.Struct else focus.to_frame()
+    src_idx = {s: i for i, s in enumerate(rec.sources)}
+    f = (focus.select(pl.col("source").cast(pl.String).replace_strict(src_idx, default=None, return_dtype=pl.Int8)
+                      .alias("_src"), pl.col("record_id").cast(pl.String))
+         .drop_nulls().unique().with_columns(pl.lit(True).alias("_f")))
+    return (rec.df.select(pl.col("_src").cast(pl.Int8), pl.col("record_id").cast(pl.String))
+            .join(f, on=["_src", "record_id"], how="left", maintain_order="left")["_f"]
+            .fill_null(False).to_numpy())
+
+
+def _set_tf_counts(evals: list[Evaluator], tf_counts: dict) -> None:
+    """Term frequencies of name comparisons from population counts (see `link`)."""
+    for ev in evals:
+        spec_c = tf_counts.get(ev.comp.name)
+        if not spec_c or ev.kind != "name":
+            continue
+        vals = np.asarray(ev.nm["values"], dtype=object)
+
+        def strings(codes):
+            out = np.full(codes.size, None, dtype=object)
+            ok = codes >= 0
+            out[ok] = vals[codes[ok]]
+            return pl.Series(out, dtype=pl.String)
+
+        frame = pl.DataFrame({"fn1": strings(ev.nm["fn1"]), "sn": strings(ev.nm["sn"])})
+        for which in set(ev.tf_levels.values()):
+            key = {"joint": ["fn1", "sn"], "forename": ["fn1"], "surname": ["sn"]}.get(which, ["fn1", "sn"])
+            got = spec_c.get(which if which in ("forename", "surname") else "joint")
+            if got is None:
+                continue
+            table, total = got
+            j = frame.join(table, on=key, how="left", maintain_order="left")
+            ok = frame.select(pl.all_horizontal([pl.col(c).is_not_null() for c in key])).to_series()
+            cnt = j["len"].fill_null(1).cast(pl.Float64).to_numpy()
+            ev.set_tf(which, np.where(ok.to_numpy(), cnt / max(total, 1), 0.0))
+
+
+def _add_fixed_pairs(cand: dict, rec: Records, tasks, evals, pairs: pl.DataFrame) -> dict:
+    """Append `pairs` (source_l, record_id_l, source_r, record_id_r[, method]) to the
+    candidates, with their comparison levels, unless already a candidate."""
+    n = rec.n
+    src_idx = {s: i for i, s in enumerate(rec.sources)}
+    g = rec.df.select(pl.col("_src").cast(pl.Int8), pl.col("record_id").cast(pl.String)).with_row_index("gid")
+    g = g.with_columns(pl.col("gid").cast(pl.Int64))
+    cols = ["source_l", "record_id_l", "source_r", "record_id_r"]
+    meth = "method" if "method" in pairs.columns else None
+    op = (pairs.select(*cols, *( [meth] if meth else []))
+          .with_columns(pl.col("source_l").cast(pl.String).replace_strict(src_idx, default=None, return_dtype=pl.Int8),
+                        pl.col("source_r").cast(pl.String).replace_strict(src_idx, default=None, return_dtype=pl.Int8),
+                        pl.col("record_id_l").cast(pl.String), pl.col("record_id_r").cast(pl.String))
+          .join(g.rename({"_src": "source_l", "record_id": "record_id_l", "gid": "gl"}), on=["source_l", "record_id_l"])
+          .join(g.rename({"_src": "source_r", "record_id": "record_id_r", "gid": "gr"}), on=["source_r", "record_id_r"]))
+    if op.height == 0:
+        return cand
+    gl, gr = op["gl"].to_numpy(), op["gr"].to_numpy()
+    li, ri = np.minimum(gl, gr), np.maximum(gl, gr)
+    if meth:
+        m = op[meth].cast(pl.String).to_numpy().astype(str)
+        mcode = np.where(m == "deterministic", 1, np.where(m == "clerical", 3, 0)).astype(np.int8)
+    else:
+        mcode = np.zeros(li.size, np.int8)
+    code = li * n + ri
+    _, first = np.unique(code, return_index=True)
+    keep = np.zeros(li.size, bool)
+    keep[first] = True
+    have = np.sort(cand["li"].astype(np.int64) * n + cand["ri"])
+    if have.size:
+        pos = np.clip(np.searchsorted(have, code), 0, have.size - 1)
+        keep &= have[pos] != code
+    li, ri, mcode = li[keep], ri[keep], mcode[keep]
+    extra = []
+    sl, sr = rec.src[li], rec.src[ri]
+    for ti, t in enumerate(tasks):
+        a, b = src_idx[t[0]], src_idx[t[1]]
+        sel = (sl == a) & (sr == b)
+        if sel.any():
+            G, tfs = comparison_matrix(evals, li[sel], ri[sel], t)
+            extra.append((li[sel].astype(np.int32), ri[sel].astype(np.int32), ti, G, tfs, mcode[sel]))
+    if not extra:
+        return cand
+    n0 = cand["li"].size
+    out = dict(cand)
+    out["li"] = np.concatenate([cand["li"]] + [e[0] for e in extra])
+    out["ri"] = np.concatenate([cand["ri"]] + [e[1] for e in extra])
+    out["task"] = np.concatenate([cand["task"]] + [np.full(e[0].size, e[2], np.int8) for e in extra])
+    out["rule"] = np.concatenate([cand["rule"]] + [np.zeros(e[0].size, np.int16) for e in extra])
+    out["G"] = np.concatenate([cand["G"]] + [e[3] for e in extra])
+    out["method"] = np.concatenate([cand["method"]] + [e[5] for e in extra])
+    out["tfu"] = {}
+    for j, ev in enumerate(evals):
+        if ev.tf_levels:
+            base = cand["tfu"].get(j, np.zeros(n0, np.float32))
+            out["tfu"][j] = np.concatenate([base] + [e[4].get(j, np.zeros(e[0].size, np.float32)) for e in extra])
+    return out
+
+
 def _candidates(rec: Records, spec: LinkSpec, tasks, evals, det, rule_keys, labels,
-                part: tuple[int, int] | None = None, blocks: list[Path] | None = None):
+                part: tuple[int, int] | None = None, blocks: list[Path] | None = None,
+                focus: np.ndarray | None = None):
     """Union of blocking rules per task (plus deterministic and labelled pairs),
     each pair once, with comparison levels, in a canonical order.
 
@@ -515,10 +651,13 @@ def _candidates(rec: Records, spec: LinkSpec, tasks, evals, det, rule_keys, labe
             st = RuleStats(rule.name, spec.task_key(t))
             it, total, skipped = rule_pairs(keys, a, b, dedupe, chunk,
                                             max_block_pairs=rule.max_block_pairs or spec.max_block_pairs,
-                                            part=part)
+                                            part=part, focus=focus)
             st.pairs = total
             st.skipped_blocks = skipped
             for li, ri in it:
+                if focus is not None:
+                    sel = focus[li] | focus[ri]
+                    li, ri = li[sel], ri[sel]
                 keep = drop_found(li, ri, rule_keys[:ri_], found_sorted, n)
                 li, ri = li[keep], ri[keep]
                 st.new_pairs += int(li.size)
