@@ -552,6 +552,8 @@ def link_incremental(new_inputs: dict[str, Path], state_dir: Path, spec, out_dir
             sub_paths[s] = work / f"subset_{s}.parquet"
             pl.concat(parts, how="diagonal_relaxed").write_parquet(sub_paths[s])
     n_subset = sum(pl.scan_parquet(p).select(pl.len()).collect().item() for p in sub_paths.values())
+    sub_keys = pl.concat([keys_old.join(old_sub.select("source", "record_id"), on=["source", "record_id"],
+                                        how="semi"), dkeys], how="vertical_relaxed")
     lap("subset")
 
     # ---- state records after the delivery (for TF and lambda) ---------------------------
@@ -574,13 +576,14 @@ def link_incremental(new_inputs: dict[str, Path], state_dir: Path, spec, out_dir
                                 labels=None)
     lap("prepare_model")
 
+    link_timings = None
     if method == "focus":
-        _link_focus(sub_paths, spec2, work / "link", pl.concat([pl.DataFrame({"source": [s] * d.height,
+        link_timings = _link_focus(sub_paths, spec2, work / "link", pl.concat([pl.DataFrame({"source": [s] * d.height,
                                                                           "record_id": d["record_id"]},
                                                                          schema={"source": pl.String,
                                                                                  "record_id": pl.String})
                                                              for s, d in delta.items()]),
-                    pl.read_parquet(st.path("pairs.parquet")), tf_counts)
+                    pl.read_parquet(st.path("pairs.parquet")), tf_counts, sub_keys).get("timings")
     else:
         link(sub_paths, spec2, work / "link", progress=progress, prior_from_model=True, tf_counts=tf_counts)
     lap("link_subset")
@@ -688,6 +691,7 @@ def link_incremental(new_inputs: dict[str, Path], state_dir: Path, spec, out_dir
                                           pl.col("person_id").cast(pl.String))
         result["f1_overall"] = round(pairwise_f1(clusters, t)["f1"], 6)
     report = {"run_id": run_id, "policy": policy, "counts": result, "timings_seconds": timings,
+              "link_subset_seconds": link_timings,
               "merges": merges, "splits": splits}
     (out_dir / "incremental_report.json").write_text(json.dumps(report, indent=1, default=str))
     (out_dir / "incremental_report.md").write_text(report_markdown(report))
@@ -846,7 +850,7 @@ def link_stage(cfg, run_id: str, ingest_summaries: list[dict], *, policy: str | 
 # ----------------------------------------------------------------------------- focused link
 
 def _link_focus(inputs: dict[str, Path], spec, out_dir: Path, focus_ids: pl.DataFrame, old_pairs: pl.DataFrame,
-                tf_counts: dict | None) -> dict:
+                tf_counts: dict | None, block_keys: pl.DataFrame | None = None) -> dict:
     """The engine's link() on the subset, scoring only pairs that touch a delta record
     (`focus`), with the links already accepted between unchanged records (state pairs)
     re-scored as candidates (`fixed_pairs`) instead of re-blocking the whole subset, the
@@ -860,4 +864,4 @@ def _link_focus(inputs: dict[str, Path], spec, out_dir: Path, focus_ids: pl.Data
              .join(fk.rename({"source": "source_r", "record_id": "record_id_r"}),
                    on=["source_r", "record_id_r"], how="anti"))
     return link(inputs, spec, out_dir, focus=fk, fixed_pairs=fixed, prior_from_model=True,
-                tf_counts=tf_counts, report=False)
+                tf_counts=tf_counts, block_keys=block_keys, report=False)

@@ -146,6 +146,9 @@ def rule_pairs(keys: np.ndarray, a: tuple[int, int], b: tuple[int, int], dedupe:
     pairs touching one); blocks too big to pair are judged on their full size.
     Returns (iterator, total pairs that will be produced, skipped blocks).
     `key_fraction` < 1 keeps a pseudo-random subset of blocks (for training)."""
+    if focus is not None:
+        # only the blocks holding a focus record (whole blocks: sizes stay the full sizes)
+        keys = focus_keys(keys, focus)
     sizes = block_sizes(keys, a, b, dedupe).filter(pl.col("pairs") > 0)
     skipped = 0
     if max_block_pairs:
@@ -160,9 +163,6 @@ def rule_pairs(keys: np.ndarray, a: tuple[int, int], b: tuple[int, int], dedupe:
         # block-wise scoring (Dask fan-out): this worker's share of the keys
         h = (sizes["k"].to_numpy().astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(40)
         sizes = sizes.filter(pl.Series(h % np.uint64(part[1]) == np.uint64(part[0])))
-    if focus is not None:
-        fk = np.unique(np.concatenate([keys[lo:hi][focus[lo:hi]] for lo, hi in {a, b}]))
-        sizes = sizes.filter(pl.col("k").is_in(pl.Series(fk, dtype=sizes.schema["k"]).implode()))
     total = int(sizes["pairs"].sum() or 0)
     sizes = sizes.sort("k").with_columns(
         (pl.col("pairs").cum_sum() // max(chunk_pairs, 1)).alias("chunk"))
@@ -182,6 +182,16 @@ def rule_pairs(keys: np.ndarray, a: tuple[int, int], b: tuple[int, int], dedupe:
             yield j["g"].to_numpy(), j["g_r"].to_numpy()
 
     return gen(), total, skipped
+
+
+def focus_keys(keys: np.ndarray, focus: np.ndarray) -> np.ndarray:
+    """`keys` with 0 (no block) for every record whose block holds no focus record."""
+    fk = np.unique(keys[focus])
+    fk = fk[fk != 0]
+    if fk.size == 0:
+        return np.zeros_like(keys)
+    pos = np.minimum(np.searchsorted(fk, keys), fk.size - 1)
+    return np.where(fk[pos] == keys, keys, np.uint64(0))
 
 
 def drop_found(li: np.ndarray, ri: np.ndarray, earlier: list[np.ndarray],

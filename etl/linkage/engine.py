@@ -22,7 +22,7 @@ import polars as pl
 
 from etl.errors import ConfigError
 from etl.linkage import train as T
-from etl.linkage.blocking import RuleStats, drop_found, record_keys, rule_pairs
+from etl.linkage.blocking import RuleStats, drop_found, focus_keys, record_keys, rule_pairs
 from etl.linkage.cluster import cluster
 from etl.linkage.comparisons import Evaluator, comparison_matrix
 from etl.linkage.deterministic import deterministic_pass
@@ -90,7 +90,7 @@ def _prepare(inputs: dict[str, Path], spec: LinkSpec) -> tuple[Records, list, li
 def link(inputs: dict[str, Path], spec: LinkSpec, out_dir: Path, truth: Path | None = None,
          progress: Callable[[str], Any] | None = None, scored_blocks: list[Path] | None = None, *,
          focus=None, fixed_pairs: pl.DataFrame | None = None, prior_from_model: bool = False,
-         tf_counts: dict | None = None, report: bool = True) -> dict:
+         tf_counts: dict | None = None, block_keys: pl.DataFrame | None = None, report: bool = True) -> dict:
     """Link `inputs` (standardised Parquet per source) into out_dir.
 
     Hooks for linking a subset against a known population (incremental linkage; all
@@ -105,6 +105,8 @@ def link(inputs: dict[str, Path], spec: LinkSpec, out_dir: Path, truth: Path | N
     - `tf_counts`: {comparison name: {which: (frame of value columns + "len", total)}}:
       term frequencies from population counts instead of from the records linked
       (name comparisons: which in joint / forename / surname, columns fn1 / sn).
+    - `block_keys`: frame source, record_id, k0..k<r> (each record's `record_keys` for
+      every blocking rule, e.g. stored by an earlier run): used instead of re-keying.
     - `report=False`: write clusters, pairs and model.json only (no review, report)."""
     t_start = time.time()
     out_dir = Path(out_dir)
@@ -123,6 +125,8 @@ def link(inputs: dict[str, Path], spec: LinkSpec, out_dir: Path, truth: Path | N
     tkeys = [spec.task_key(t) for t in tasks]
     if tf_counts:
         _set_tf_counts(evals, tf_counts)
+    if block_keys is not None:
+        _use_block_keys(rec, spec, block_keys)
     focus_mask = _focus_mask(rec, focus) if focus is not None else None
     _say(progress, f"linkage: {rec.n} records in {len(rec.present)} sources, {len(tasks)} tasks")
     rng = np.random.default_rng(spec.seed)
@@ -489,6 +493,23 @@ def _focus_mask(rec: Records, focus) -> np.ndarray:
             .fill_null(False).to_numpy())
 
 
+def _use_block_keys(rec: Records, spec: LinkSpec, block_keys: pl.DataFrame) -> None:
+    """Seed `record_keys`' cache with supplied keys (only when every record has them)."""
+    cols = [f"k{i}" for i in range(len(spec.blocking))]
+    if not set(cols) <= set(block_keys.columns):
+        return
+    src_idx = {s: i for i, s in enumerate(rec.sources)}
+    bk = block_keys.select(pl.col("source").cast(pl.String).replace_strict(src_idx, default=None,
+                                                                            return_dtype=pl.Int8).alias("_src"),
+                           pl.col("record_id").cast(pl.String), *cols).unique(["_src", "record_id"], keep="last")
+    j = rec.df.select(pl.col("_src").cast(pl.Int8), pl.col("record_id").cast(pl.String)).join(
+        bk, on=["_src", "record_id"], how="left", maintain_order="left")
+    if j.height != rec.n or j[cols[0]].null_count() if cols else True:
+        return
+    for c, rule in zip(cols, spec.blocking):
+        rec._cache[f"block:{rule.describe()}"] = j[c].cast(pl.UInt64).to_numpy().astype(np.uint64)
+
+
 def _set_tf_counts(evals: list[Evaluator], tf_counts: dict) -> None:
     """Term frequencies of name comparisons from population counts (see `link`)."""
     for ev in evals:
@@ -607,6 +628,8 @@ def _candidates(rec: Records, spec: LinkSpec, tasks, evals, det, rule_keys, labe
             if evals[j].tf_levels:
                 TF.setdefault(j, []).append(tfs.get(j, np.zeros(li.size, np.float32)))
 
+    # focus: only blocks holding a focus record (whole blocks, so sizes are the full sizes)
+    fkeys = None if focus is None else [focus_keys(k, focus) for k in rule_keys]
     for ti, t in enumerate(tasks):
         a, b = rec.offsets[t[0]], rec.offsets[t[1]]
         dedupe = t[0] == t[1]
@@ -649,9 +672,9 @@ def _candidates(rec: Records, spec: LinkSpec, tasks, evals, det, rule_keys, labe
         for ri_, rule in enumerate(spec.blocking):
             keys = rule_keys[ri_]
             st = RuleStats(rule.name, spec.task_key(t))
-            it, total, skipped = rule_pairs(keys, a, b, dedupe, chunk,
+            it, total, skipped = rule_pairs(keys if fkeys is None else fkeys[ri_], a, b, dedupe, chunk,
                                             max_block_pairs=rule.max_block_pairs or spec.max_block_pairs,
-                                            part=part, focus=focus)
+                                            part=part)
             st.pairs = total
             st.skipped_blocks = skipped
             for li, ri in it:
