@@ -138,15 +138,16 @@ def block_sizes(keys: np.ndarray, a: tuple[int, int], b: tuple[int, int], dedupe
 
 def rule_pairs(keys: np.ndarray, a: tuple[int, int], b: tuple[int, int], dedupe: bool,
                chunk_pairs: int, max_block_pairs: int | None = None, key_fraction: float = 1.0,
-               seed: int = 0, part: tuple[int, int] | None = None, focus: np.ndarray | None = None
-               ) -> tuple[Iterator[tuple[np.ndarray, np.ndarray]], int, int]:
+               seed: int = 0, part: tuple[int, int] | None = None, focus: np.ndarray | None = None,
+               focus_masked: bool = False) -> tuple[Iterator[tuple[np.ndarray, np.ndarray]], int, int]:
     """Pairs (l, r) with equal non-null key between ranges a and b, chunked.
 
-    `focus` (bool per record): only blocks holding a focus record (the caller keeps the
-    pairs touching one); blocks too big to pair are judged on their full size.
+    `focus` (bool per record): only the pairs with a focus record on one side, from the
+    blocks holding one (`focus_masked`: `keys` is already `focus_keys(keys, focus)`);
+    blocks too big to pair are judged on their full size; `total` counts whole blocks.
     Returns (iterator, total pairs that will be produced, skipped blocks).
     `key_fraction` < 1 keeps a pseudo-random subset of blocks (for training)."""
-    if focus is not None:
+    if focus is not None and not focus_masked:
         # only the blocks holding a focus record (whole blocks: sizes stay the full sizes)
         keys = focus_keys(keys, focus)
     sizes = block_sizes(keys, a, b, dedupe).filter(pl.col("pairs") > 0)
@@ -176,12 +177,35 @@ def rule_pairs(keys: np.ndarray, a: tuple[int, int], b: tuple[int, int], dedupe:
             ks = part.select("k")
             la = fa.join(ks, on="k", how="semi")
             lb = la if dedupe else fb.join(ks, on="k", how="semi")
+            if focus is not None:
+                yield _focus_join(la, lb, focus, dedupe)
+                continue
             j = la.join(lb, on="k", how="inner", suffix="_r")
             if dedupe:
                 j = j.filter(pl.col("g") < pl.col("g_r"))
             yield j["g"].to_numpy(), j["g_r"].to_numpy()
 
     return gen(), total, skipped
+
+
+def _focus_join(la: pl.DataFrame, lb: pl.DataFrame, focus: np.ndarray, dedupe: bool
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs of equal key between la and lb with a focus record on one side, each
+    once (l < r within a source)."""
+    fa = la.filter(pl.Series(focus[la["g"].to_numpy()]))
+    if dedupe:
+        j = fa.join(la, on="k", how="inner", suffix="_r").filter(pl.col("g") != pl.col("g_r"))
+        g, gr = j["g"].to_numpy(), j["g_r"].to_numpy()
+        # a pair of two focus records comes twice: keep (smaller, larger)
+        keep = ~focus[gr] | (g < gr)
+        g, gr = g[keep], gr[keep]
+        return np.minimum(g, gr), np.maximum(g, gr)
+    fb = lb.filter(pl.Series(focus[lb["g"].to_numpy()]))
+    nfa = la.filter(pl.Series(~focus[la["g"].to_numpy()]))
+    j1 = fa.join(lb, on="k", how="inner", suffix="_r")
+    j2 = nfa.join(fb, on="k", how="inner", suffix="_r")
+    return (np.concatenate([j1["g"].to_numpy(), j2["g"].to_numpy()]),
+            np.concatenate([j1["g_r"].to_numpy(), j2["g_r"].to_numpy()]))
 
 
 def focus_keys(keys: np.ndarray, focus: np.ndarray) -> np.ndarray:

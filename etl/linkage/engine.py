@@ -674,7 +674,7 @@ def _candidates(rec: Records, spec: LinkSpec, tasks, evals, det, rule_keys, labe
             st = RuleStats(rule.name, spec.task_key(t))
             it, total, skipped = rule_pairs(keys if fkeys is None else fkeys[ri_], a, b, dedupe, chunk,
                                             max_block_pairs=rule.max_block_pairs or spec.max_block_pairs,
-                                            part=part)
+                                            part=part, focus=focus, focus_masked=True)
             st.pairs = total
             st.skipped_blocks = skipped
             for li, ri in it:
