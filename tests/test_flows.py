@@ -192,15 +192,16 @@ def artifacts(prefect_server, flow_run_id: str) -> dict:
     return {a["key"]: a for a in arts}
 
 
-def task_states(prefect_server, flow_run_id: str, timeout: float = 15) -> dict:
-    """Task-run states (recorded from events, so they settle shortly after the flow ends)."""
+def task_states(prefect_server, flow_run_id: str, timeout: float = 30, expect=()) -> dict:
+    """Task-run states (recorded from events, so they settle, and the last
+    task runs appear, shortly after the flow ends): waits for `expect` too."""
     deadline = time.monotonic() + timeout
     while True:
         trs = api(prefect_server, "POST", "/task_runs/filter",
                   {"flow_runs": {"id": {"any_": [flow_run_id]}}})
         states = {t["name"]: t["state"]["type"] for t in trs if t.get("state")}
-        if all(v in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") for v in states.values()) \
-                or time.monotonic() > deadline:
+        settled = all(v in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") for v in states.values())
+        if (settled and set(expect) <= set(states)) or time.monotonic() > deadline:
             return states
         time.sleep(0.2)
 
@@ -234,9 +235,10 @@ def test_flow_runs_with_states_and_artifacts(prefect_server, stub, tmp_path):
 
     fr = flow_run(prefect_server, s["orchestration"]["flow_run_id"])
     assert fr["state"]["type"] == "COMPLETED"
-    states = task_states(prefect_server, fr["id"])
-    assert {"ingest-registration", "ingest-register2", "raw-gate-registration", "link", "linked-gate",
-            "assemble", "protect", "release-gate", "report", "publish"} <= set(states)
+    expected = {"ingest-registration", "ingest-register2", "raw-gate-registration", "link", "linked-gate",
+                "assemble", "protect", "release-gate", "report", "publish"}
+    states = task_states(prefect_server, fr["id"], expect=expected)
+    assert expected <= set(states)
     assert set(states.values()) == {"COMPLETED"}
     arts = artifacts(prefect_server, fr["id"])
     assert {"medlink-row-accounting", "medlink-linkage", "medlink-gates", "medlink-release"} <= set(arts)
