@@ -158,24 +158,33 @@ def _secondary(grid: _Grid, supp: np.ndarray, structural: np.ndarray, log: dict,
     # b. linear audit: while a suppressed cell is determined, suppress another
     # cell of its lines (one that frees it if there is one, else the smallest)
     unprotectable: set[int] = set()
-    for _ in range(grid.values.size):
-        exposed = [c for c in _nullspace_exposed(grid, supp) if c not in unprotectable]
-        if not exposed:
-            break
-        c = exposed[0]
-        cands = candidates(c)
+
+    def suppress_partner(cell: int, still_exposed) -> None:
+        """Suppress one more cell of `cell`'s lines: the smallest that frees
+        it, else the smallest; a cell with no candidate is unprotectable."""
+        cands = candidates(cell)
         if not cands:
-            unprotectable.add(c)
-            continue
+            unprotectable.add(cell)
+            return
         chosen = cands[0]
         for cand in cands:
             supp[cand] = True
-            freed = c not in _nullspace_exposed(grid, supp)
+            freed = not still_exposed(cell)
             supp[cand] = False
             if freed:
                 chosen = cand
                 break
         supp[chosen] = secondary[chosen] = True
+
+    def pinned_by_bounds(cell: int) -> bool:
+        bb = _bounds(grid, supp, [cell])
+        return not (bb and cell in bb and bb[cell][1] - bb[cell][0] >= 0.5)
+
+    for _ in range(grid.values.size):
+        exposed = [c for c in _nullspace_exposed(grid, supp) if c not in unprotectable]
+        if not exposed:
+            break
+        suppress_partner(exposed[0], lambda c: c in _nullspace_exposed(grid, supp))
     # c. bounds audit (non-negativity), when scipy is there: same remedy
     pinned_left: list[int] = []
     bounds_run = False
@@ -188,20 +197,7 @@ def _secondary(grid: _Grid, supp: np.ndarray, structural: np.ndarray, log: dict,
             pinned = [c for c, (lo, hi) in b.items() if hi - lo < 0.5 and c not in unprotectable]
             if not pinned:
                 break
-            c = pinned[0]
-            cands = candidates(c)
-            if not cands:
-                unprotectable.add(c)
-                continue
-            chosen = cands[0]
-            for cand in cands:
-                supp[cand] = True
-                bb = _bounds(grid, supp, [c])
-                supp[cand] = False
-                if bb and c in bb and bb[c][1] - bb[c][0] >= 0.5:
-                    chosen = cand
-                    break
-            supp[chosen] = secondary[chosen] = True
+            suppress_partner(pinned[0], pinned_by_bounds)
         if bounds_run:
             b = _bounds(grid, supp, [int(i) for i in np.flatnonzero(supp)]) or {}
             pinned_left = [c for c, (lo, hi) in b.items() if hi - lo < 0.5]
