@@ -35,7 +35,7 @@ from etl.errors import GovernanceError
 from etl.hashing import sha256_file
 from etl.governance.hierarchies import STAR
 from etl.governance.intruder import intruder_test
-from etl.governance.kanon import anonymise, extended_risk, subgroup_table
+from etl.governance.kanon import anonymise, describe, extended_risk, subgroup_table
 from etl.governance.keys import Key, keyed_release_tokens, person_keys, random_tokens
 from etl.governance.report import write_report
 from etl.governance.rules import Rules
@@ -353,7 +353,7 @@ def protect(doctors_path: str | Path, events_path: str | Path, rules: Rules, key
         "k_anonymity": {
             "k_required": rules.k, "k_achieved": kres.metrics.get("k_min"),
             "quasi_identifiers": kres.values.columns,
-            "levels": {q: {"level": lv, "description": _describe(rules, q, lv),
+            "levels": {q: {"level": lv, "description": describe(rules, q, lv),
                            "released_as": rules.output_name("doctors", q)} for q, lv in kres.levels.items()},
             "escalation_steps": kres.steps,
             "max_suppressed_fraction": rules.max_suppressed_fraction,
@@ -392,13 +392,6 @@ def protect(doctors_path: str | Path, events_path: str | Path, rules: Rules, key
         "seconds": round(time.perf_counter() - t0, 3),
     }
     return summary
-
-
-def _describe(rules: Rules, f: str, lv: int) -> str:
-    fr = rules.field("doctors", f)
-    if fr.treatment != "generalise":
-        return "as recorded"
-    return rules.hierarchies[fr.hierarchy].describe_level(lv)
 
 
 def _scan_failure(scan: dict) -> str:
