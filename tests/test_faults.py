@@ -140,7 +140,7 @@ def test_two_runs_at_once(delivery):
     for p in procs:
         p.stderr.close()
     for rc, err in results:
-        assert rc == 0 or "another medlink run is publishing" in err, err[-2000:]
+        assert rc == 0 or "another medlink run is publishing" in err, f"exit {rc}: {err[-3000:]}"
         assert "Traceback" not in err
     assert any(rc == 0 for rc, _ in results)
     assert_release_zone_sound(releases, None)
