@@ -171,3 +171,38 @@ def test_tf_frequency_only_on_tf_levels():
     assert [c.level_labels()[k] for k in g] == ["exact", "exact", "forename_exact"]
     # JOHN|SMITH is 3 of 6 full names, XAVIER|QUILL 2 of 6; JOHN is 4 of 6 forenames
     assert tfu.tolist() == pytest.approx([3 / 6, 2 / 6, 4 / 6])
+
+
+def test_level_with_when_condition_holds_only_for_matching_records():
+    """`when: {sex: F}` splits the surname-changed level by sex (marriage changes
+    mostly women's surnames): both records must be F, or missing (no contradiction)."""
+    model = {**MODEL, "comparisons": [{
+        "name": "name", "kind": "name", "fields": {"forename": "forenames", "surname": "surname"},
+        "levels": [{"label": "exact", "test": "exact"},
+                   {"label": "forename_exact_women", "forename": "exact", "tf": "forename", "when": {"sex": "F"}},
+                   {"label": "forename_exact", "forename": "exact", "tf": "forename"}, "else"]}]}
+    spec = parse_model(model)
+    c = spec.comparisons[0]
+    assert "sex" in c.columns          # the condition's field is loaded with the comparison
+    pairs = [(N("SARAH", "JONES", sex="F"), N("SARAH", "OKONKWO", sex="F")),
+             (N("DAVID", "JONES", sex="M"), N("DAVID", "OKONKWO", sex="M")),
+             (N("SARAH", "JONES", sex="F"), N("SARAH", "OKONKWO", sex=None)),
+             (N("SAM", "JONES", sex="F"), N("SAM", "OKONKWO", sex="M")),
+             (N("SARAH", "JONES", sex="F"), N("SARAH", "JONES", sex="F"))]
+    rec = _rec([p[0] for p in pairs], [p[1] for p in pairs])
+    ev = Evaluator(c, rec, workers=1)
+    n = len(pairs)
+    g, tfu = ev.gamma(np.arange(n, dtype=np.int32), np.arange(n, 2 * n, dtype=np.int32))
+    assert [c.level_labels()[k] for k in g] == ["forename_exact_women", "forename_exact",
+                                                "forename_exact_women", "forename_exact", "exact"]
+    assert tfu[0] > 0 and tfu[1] > 0   # both branches keep the forename TF
+
+
+@pytest.mark.parametrize("when", [["sex", "F"], {"sex": {"in": "F"}}, {}])
+def test_level_when_condition_must_map_fields_to_values(when):
+    from etl.errors import ConfigError
+    model = {**MODEL, "comparisons": [{
+        "name": "name", "kind": "name", "fields": {"forename": "forenames", "surname": "surname"},
+        "levels": [{"label": "fe", "forename": "exact", "when": when}, "else"]}]}
+    with pytest.raises(ConfigError, match="`when` maps a field"):
+        parse_model(model)

@@ -98,6 +98,16 @@ class Evaluator:
         elif self.kind == "numeric":
             self.num = rec.numeric(f["value"])
         self.tf_levels = {i + 1: lv.tf for i, lv in enumerate(comp.levels) if lv.tf}
+        # per-record "may take this level" masks for levels with a `when` condition
+        self.when: dict[int, np.ndarray] = {}
+        for i, lv in enumerate(comp.levels):
+            cond = lv.params.get("when")
+            if cond:
+                ok = np.ones(rec.n, bool)
+                for f, values in cond.items():
+                    # a missing value does not contradict the condition
+                    ok &= rec.col(f).cast(pl.String).is_in(values).fill_null(True).to_numpy()
+                self.when[i + 1] = ok
         self._tf_cache: dict[str, np.ndarray] = {}
 
     # ---- term frequencies --------------------------------------------------------
@@ -148,6 +158,11 @@ class Evaluator:
             idx = np.flatnonzero(undecided)
             if idx.size == 0:
                 break
+            if k in self.when:
+                ok = self.when[k]
+                idx = idx[ok[li[idx]] & ok[ri[idx]]]
+                if idx.size == 0:
+                    continue
             if lv.test == "else":
                 hit = idx
             else:

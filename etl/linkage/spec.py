@@ -72,6 +72,8 @@ class Comparison:
                 cols += v
             elif v:
                 cols.append(v)
+        for lv in self.levels:
+            cols += [f for f in (lv.params.get("when") or {}) if f not in cols]
         return cols
 
     def level_labels(self) -> list[str]:
@@ -223,10 +225,22 @@ def _parse_level(raw: Any, kind: str, file: Path, key: str) -> Level:
     label = str(raw["label"])
     test = raw.get("test")
     params = {k: v for k, v in raw.items() if k not in ("label", "test", "tf")}
+    when = params.get("when")
+    if when is not None:
+        # a level that may only hold when BOTH records carry one of the given
+        # values in another field, e.g. a surname change (marriage) for women
+        if not (isinstance(when, dict) and when and all(
+                isinstance(f, str) and (isinstance(v, (str, int)) or (
+                    isinstance(v, list) and v and all(isinstance(x, (str, int)) for x in v)))
+                for f, v in when.items())):
+            raise _err(f"level '{label}': `when` maps a field to a value or a list of values, "
+                       "e.g. {sex: F}", file, key)
+        params["when"] = {f: [str(x) for x in (v if isinstance(v, list) else [v])] for f, v in when.items()}
+    rest = {k: v for k, v in params.items() if k != "when"}
     if test is None:
         if label == "else":
             test = "else"
-        elif kind == "name" and ({"forename", "surname"} & set(params)):
+        elif kind == "name" and ({"forename", "surname"} & set(rest)):
             test = "parts"
         else:
             raise _err(f"level '{label}' needs a `test`", file, key)
