@@ -47,7 +47,7 @@ STATE_VERSION = 1
 KEY_PREFIX = "K"
 KEY_WIDTH = 9
 POLICIES = ("apply", "hold")
-_PQ = dict(compression="zstd", compression_level=1)
+_PQ = dict(compression="lz4")    # state files are read back by every increment: fast to read
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -118,65 +118,162 @@ def _block_keys(inputs: dict[str, Path], spec) -> pl.DataFrame:
     return pl.DataFrame(cols)
 
 
-def _name_tf_counts(records: dict[str, pl.DataFrame], spec) -> dict | None:
-    """Global value counts for the name comparison's TF levels over all state records."""
+def _engine_cols(spec) -> list[str]:
+    """The columns the engine reads from a standardised input (Records.load: the spec's
+    needed columns and the subgroup columns), record_id first."""
+    extra = set()
+    for sg in spec.subgroups.values():
+        extra.update(sg.get("columns", [sg.get("column")]) if isinstance(sg, dict) else [sg])
+    extra.discard(None)
+    return ["record_id", *sorted((spec.needed_columns() | extra) - {"record_id", "source"})]
+
+
+def _name_tf_comp(spec):
+    return next((c for c in spec.comparisons if c.kind == "name" and any(lv.tf for lv in c.levels)), None)
+
+
+def _name_tf_values(frames, comp) -> pl.DataFrame:
+    """fn1, sn (the name comparison's first forename token and spaceless surname) per record."""
     from etl.linkage.records import Records
 
-    comp = next((c for c in spec.comparisons if c.kind == "name" and any(lv.tf for lv in c.levels)), None)
-    if comp is None:
-        return None
     f = comp.fields
-    frames = []
-    for df in records.values():
-        if df.height == 0:
+    out = []
+    for df in frames:
+        if df is None or df.height == 0:
             continue
         cols = df.columns
-        frames.append(df.select(
+        out.append(df.select(
             (Records.first_token(f["forename"]) if f["forename"] in cols else pl.lit(None, pl.String)).alias("fn1"),
             (Records.nospace(f["surname"]) if f["surname"] in cols else pl.lit(None, pl.String)).alias("sn"),
         ).with_columns(pl.col("fn1").replace("", None), pl.col("sn").replace("", None)))
-    if not frames:
-        return None
-    x = pl.concat(frames)
-    fn = x.drop_nulls("fn1").group_by("fn1").len()
-    sn = x.drop_nulls("sn").group_by("sn").len()
-    jt = x.drop_nulls(["fn1", "sn"]).group_by("fn1", "sn").len()
-    return {comp.name: {"forename": (fn, int(fn["len"].sum())), "surname": (sn, int(sn["len"].sum())),
-                        "joint": (jt, int(jt["len"].sum()))}}
+    if not out:
+        return pl.DataFrame(schema={"fn1": pl.String, "sn": pl.String})
+    return pl.concat(out)
 
 
-def _relevant_neighbours(nb: pl.DataFrame, dkeys: pl.DataFrame, spec, partners: dict, min_shared: int,
-                         small_block: int = 4) -> pl.DataFrame:
-    """Old records sharing blocking keys with the delta (records of a source they are
-    compared with) under at least `min_shared` rules, or under an identifier rule (GMC /
-    UCAS number), or under one rule whose block holds at most `small_block` old records (a
-    rare name). One shared key alone is mostly a common name or a shared postcode: such a
-    pair almost never scores above the pairs floor, and those blocks grow with the history,
-    so they would make the subset grow too. Counted per old record (rules shared with any
-    delta record), so no pair is materialised."""
-    cols = _rule_cols(spec)
-    if min_shared <= 1 or nb.height == 0:
-        return nb.select("source", "record_id")
-    ident_fields = {i.field for i in spec.identifiers}
-    strong = {f"k{i}" for i, r in enumerate(spec.blocking)
-              if r.keys and all(set(k.fields) <= ident_fields for k in r.keys)}
-    hits, sure = [], []
-    for c in cols:
-        h = None
-        for t, ss in partners.items():
-            dk = dkeys.filter(pl.col("source").is_in(ss) & (pl.col(c) != 0))[c].unique()
-            if dk.len() == 0:
-                continue
-            cond = (pl.col("source") == t) & pl.col(c).is_in(dk.implode())
-            h = cond if h is None else h | cond
-        if h is None:
+_TF_KEYS = {"forename": ["fn1"], "surname": ["sn"], "joint": ["fn1", "sn"]}
+
+
+def _tf_tables(x: pl.DataFrame) -> dict[str, pl.DataFrame]:
+    """Value counts (column `len`, Int64) per TF table of an fn1/sn frame."""
+    return {w: x.drop_nulls(k).group_by(k).agg(pl.len().cast(pl.Int64).alias("len")) for w, k in _TF_KEYS.items()}
+
+
+def _tf_update(tables: dict[str, pl.DataFrame], add: pl.DataFrame, remove: pl.DataFrame) -> dict[str, pl.DataFrame]:
+    """The TF tables after adding the records `add` and removing `remove` (fn1/sn frames)."""
+    plus, minus = _tf_tables(add), _tf_tables(remove)
+    out = {}
+    for w, k in _TF_KEYS.items():
+        parts = [tables[w], plus[w]]
+        if minus[w].height:
+            parts.append(minus[w].with_columns(-pl.col("len")))
+        if plus[w].height == 0 and minus[w].height == 0:
+            out[w] = tables[w]
             continue
-        hits.append(h.cast(pl.Int8))
-        small = pl.len().over(c) <= small_block
-        sure.append(h & (pl.lit(c in strong) | small))
-    if not hits:
-        return nb.clear().select("source", "record_id")
-    return nb.filter((pl.sum_horizontal(hits) >= min_shared) | pl.any_horizontal(sure)).select("source", "record_id")
+        out[w] = (pl.concat(parts, how="vertical_relaxed").group_by(k).agg(pl.col("len").sum())
+                  .filter(pl.col("len") > 0))
+    return out
+
+
+def _tf_counts(tables: dict[str, pl.DataFrame] | None, spec) -> dict | None:
+    """The engine's `tf_counts=` from the TF tables."""
+    comp = _name_tf_comp(spec)
+    if comp is None or tables is None:
+        return None
+    return {comp.name: {w: (t, int(t["len"].sum())) for w, t in tables.items()}}
+
+
+def _name_tf_counts(records: dict[str, pl.DataFrame], spec) -> dict | None:
+    """Global value counts for the name comparison's TF levels over all state records."""
+    comp = _name_tf_comp(spec)
+    if comp is None:
+        return None
+    return _tf_counts(_tf_tables(_name_tf_values(records.values(), comp)), spec)
+
+
+def _pairs_not_touching(pairs: pl.DataFrame, ids: pl.DataFrame) -> pl.DataFrame:
+    """`pairs` without those with a side in `ids` (source, record_id): record_id is_in
+    first (one hashed column), then the exact (source, record_id) check on those only."""
+    L = {"source": "source_l", "record_id": "record_id_l"}
+    R = {"source": "source_r", "record_id": "record_id_r"}
+    rid = ids["record_id"].implode()
+    cand = pairs.with_row_index("_i").filter(pl.col("record_id_l").is_in(rid) | pl.col("record_id_r").is_in(rid))
+    if cand.height == 0:
+        return pairs
+    hit = pl.concat([cand.join(ids.rename(L), on=list(L.values()), how="semi")["_i"],
+                     cand.join(ids.rename(R), on=list(R.values()), how="semi")["_i"]]).to_numpy()
+    keep = np.ones(pairs.height, bool)
+    keep[hit] = False
+    return pairs.filter(pl.Series(keep))
+
+
+def _isin(x: np.ndarray, vals: np.ndarray) -> np.ndarray:
+    """np.isin for uint64 keys, hashed (polars): ~10x faster than a sorted search here."""
+    if vals.size == 0 or x.size == 0:
+        return np.zeros(x.size, bool)
+    return pl.Series(x).is_in(pl.Series(vals).implode()).to_numpy()
+
+
+def _neighbours(keys: pl.DataFrame, exclude: np.ndarray, dkeys: pl.DataFrame, spec, partners: dict,
+                min_shared: int, small_block: int = 4) -> np.ndarray:
+    """Bool per row of `keys` (the state's stored blocking keys; rows where `exclude` is set
+    are left out): the old records the delta makes relevant. An old record of source t
+    *hits* rule i when its key k<i> is the key of a delta record of a source t is compared
+    with (a task; training|training is not one, for example). It is relevant when it hits
+    at least `min_shared` rules, or an identifier rule (GMC / UCAS number), or a rule whose
+    key is held by at most `small_block` of the old records hitting any rule (a rare name).
+    One shared key alone is mostly a common name or a shared postcode: such a pair almost
+    never scores above the pairs floor, and those blocks grow with the history, so they
+    would make the subset grow too. Counted per old record (rules shared with any delta
+    record), so no pair is materialised; numpy on the key columns, no join."""
+    n = keys.height
+    cols = _rule_cols(spec)
+    srcs = list(spec.sources)
+    code = {s: i for i, s in enumerate(srcs)}
+    ks = keys["source"].cast(pl.String).replace_strict(code, default=-1, return_dtype=pl.Int8).to_numpy()
+    ds = dkeys["source"].cast(pl.String).replace_strict(code, default=-1, return_dtype=pl.Int8).to_numpy()
+    ok = ~exclude
+    ident_fields = {i.field for i in spec.identifiers}
+    strong = [bool(r.keys) and all(set(k.fields) <= ident_fields for k in r.keys) for r in spec.blocking]
+    hits, dvals = [], []
+    dsrc = [np.isin(ds, [code[s] for s in partners[t]]) for t in srcs]
+    for c in cols:
+        K = keys[c].to_numpy()
+        D = dkeys[c].to_numpy()
+        nz = D != 0
+        h = np.zeros(n, bool)
+        per_t = {ti: D[m & nz] for ti, m in enumerate(dsrc) if (m & nz).any()}   # duplicates are harmless
+        dv = D[nz & np.logical_or.reduce([dsrc[ti] for ti in per_t])] if per_t else D[:0]
+        # one hashed pass over all old records for any delta key, then per source on those few
+        cand = np.flatnonzero(ok & _isin(K, dv))
+        cs = ks[cand]
+        for ti, dk in per_t.items():
+            sel = cand[cs == ti]
+            h[sel] = _isin(K[sel], dk)
+        hits.append(h)
+        dvals.append(dv)
+    nb = np.logical_or.reduce(hits) if hits else np.zeros(n, bool)
+    if min_shared <= 1:
+        return nb
+    inb = np.flatnonzero(nb)
+    nhit = np.sum([h[inb] for h in hits], axis=0, dtype=np.int16)
+    sure = np.zeros(inb.size, bool)
+    for c, h, dv, st in zip(cols, hits, dvals, strong):
+        hn = h[inb]
+        if not hn.any():
+            continue
+        if st:
+            sure |= hn
+            continue
+        # block sizes among the hit records, only for the delta's key values
+        kv = keys[c].to_numpy()[inb]
+        kd = kv[_isin(kv, dv)]
+        vc = pl.Series("k", kd).value_counts(name="n")
+        small = vc.filter(pl.col("n") <= small_block)["k"].to_numpy()
+        sure |= hn & _isin(kv, small)
+    out = np.zeros(n, bool)
+    out[inb[(nhit >= min_shared) | sure]] = True
+    return out
 
 
 # ----------------------------------------------------------------------------- state I/O
@@ -251,6 +348,19 @@ class State:
     def history(self) -> pl.DataFrame:
         return self.read_parts("history")
 
+    def tf_tables(self) -> dict[str, pl.DataFrame] | None:
+        """The name TF tables (tf/<forename|surname|joint>.parquet), None if not stored."""
+        paths = {w: self.path(f"tf/{w}.parquet") for w in _TF_KEYS}
+        if not all(p.exists() for p in paths.values()):
+            return None
+        return {w: pl.read_parquet(p) for w, p in paths.items()}
+
+    def write_tf(self, tables: dict[str, pl.DataFrame], only: set[str] | None = None) -> None:
+        self.path("tf").mkdir(parents=True, exist_ok=True)
+        for w, t in tables.items():
+            if only is None or w in only:
+                _write(t, self.path(f"tf/{w}.parquet"))
+
 
 
 def _lambda_basis(model_json: dict, counts: dict[str, int]) -> dict:
@@ -311,10 +421,16 @@ def init_state(inputs: dict[str, Path], spec, state_dir: Path, out_dir: Path, *,
     cl = cl.join(order, on="person_id").with_columns(
         (pl.lit(KEY_PREFIX) + pl.col("_n").cast(pl.String).str.zfill(KEY_WIDTH)).alias("person_key"))
     counts = {}
+    comp = _name_tf_comp(spec)
+    names = []
     for s, p in inputs.items():
         df = pl.read_parquet(p)
         counts[s] = df.height
         st.append(f"records/{s}", df)
+        if comp is not None:
+            names.append(_name_tf_values([df], comp))
+    if comp is not None:
+        st.write_tf(_tf_tables(pl.concat(names) if names else _name_tf_values([], comp)))
     st.append("keys", _block_keys(st.snapshot(spec, st.dir / "_tmp"), spec))
     cw = cl.select("source", "record_id", "person_key", "link_method", "link_probability")
     _write(cl.select("source", "record_id", pl.col("person_key").alias("person_id"), "link_method",
@@ -466,44 +582,49 @@ def link_incremental(new_inputs: dict[str, Path], state_dir: Path, spec, out_dir
 
     evid = _evidence_cols(spec)
     ev_cols = ["record_id", *evid]
-    records = {s: df for s in spec.sources if (df := st.scan_records(s, columns=ev_cols)) is not None}
+    eng_cols = _engine_cols(spec)
     cw = pl.read_parquet(st.path("crosswalk.parquet")).rename({"person_id": "person_key"})
     keys = st.read_parts("keys", dedupe=["source", "record_id"] if meta.get("superseded") else None)
     lap("load_state")
 
     # ---- classify the delivery: new, changed, unchanged ------------------------------
+    # only the delivered record_ids already in the state are read back (their linkage fields)
     delta_paths: dict[str, Path] = {}
     delta: dict[str, pl.DataFrame] = {}
     changed_ids: dict[str, list[str]] = {}
+    replaced: list[pl.DataFrame] = []        # the old versions of changed records (TF counts)
     n_new = n_changed = n_unchanged = 0
+    added = {s: 0 for s in spec.sources}
     for s, p in new_inputs.items():
         if s not in spec.sources:
             raise ConfigError(f"source {s!r} is not in the linkage model", key="linkage.model")
         df = pl.read_parquet(p).with_columns(pl.col("record_id").cast(pl.String))
-        old = records.get(s)
-        if old is None or old.height == 0:
-            d, ch = df, []
-        else:
-            known = df.filter(pl.col("record_id").is_in(old["record_id"].implode()))
-            fresh = df.filter(~pl.col("record_id").is_in(old["record_id"].implode()))
+        old_ids = cw.filter(pl.col("source") == s)["record_id"]
+        is_known = df["record_id"].is_in(old_ids.implode())
+        known, fresh = df.filter(is_known), df.filter(~is_known)
+        ch: list[str] = []
+        if known.height:
+            old = st.scan_records(s, ids=known["record_id"], columns=ev_cols)
             cols = [c for c in evid if c in df.columns and c in old.columns]
-            if known.height:
-                a = known.select("record_id", *[pl.col(c).cast(pl.String) for c in cols])
-                b = old.select("record_id", *[pl.col(c).cast(pl.String) for c in cols])
-                same = a.join(b, on=["record_id", *cols], how="semi", nulls_equal=True)
-                ch = known.filter(~pl.col("record_id").is_in(same["record_id"].implode()))
-                n_unchanged += same.height
-            else:
-                ch = known
-            d = pl.concat([fresh, ch], how="diagonal_relaxed")
-            ch = ch["record_id"].to_list()
+            a_ = known.select("record_id", *[pl.col(c).cast(pl.String) for c in cols])
+            b_ = old.select("record_id", *[pl.col(c).cast(pl.String) for c in cols])
+            same = a_.join(b_, on=["record_id", *cols], how="semi", nulls_equal=True)
+            chf = known.filter(~pl.col("record_id").is_in(same["record_id"].implode()))
+            n_unchanged += same.height
+            ch = chf["record_id"].to_list()
+            if ch:
+                replaced.append(old.filter(pl.col("record_id").is_in(chf["record_id"].implode())))
+            d = pl.concat([fresh, chf], how="diagonal_relaxed")
+        else:
+            d = fresh
         n_new += d.height - len(ch)
+        added[s] += d.height - len(ch)
         n_changed += len(ch)
         changed_ids[s] = ch
         if d.height:
             delta[s] = d
             delta_paths[s] = work / f"delta_{s}.parquet"
-            d.write_parquet(delta_paths[s])
+            d.write_parquet(delta_paths[s], compression="uncompressed")
     lap("classify")
 
     if not delta:
@@ -514,61 +635,68 @@ def link_incremental(new_inputs: dict[str, Path], state_dir: Path, spec, out_dir
 
     # ---- the subset: delta + old records blocking with it + their people ----------------
     dkeys = _block_keys(delta_paths, spec)
-    changed_all = pl.concat([pl.DataFrame({"source": [s] * len(v), "record_id": v}, schema={"source": pl.String, "record_id": pl.String})
+    lap("delta_keys")
+    changed_all = pl.concat([pl.DataFrame({"source": [s] * len(v), "record_id": v},
+                                          schema={"source": pl.String, "record_id": pl.String})
                              for s, v in changed_ids.items()]) if changed_ids else pl.DataFrame(
         schema={"source": pl.String, "record_id": pl.String})
-    keys_old = keys.join(changed_all, on=["source", "record_id"], how="anti")
-    # an old record is a neighbour when it shares a blocking key with a delta record of a
+    is_changed = (keys.select("source", "record_id").join(changed_all.with_columns(pl.lit(True).alias("_c")),
+                                                           on=["source", "record_id"], how="left",
+                                                           maintain_order="left")["_c"].fill_null(False).to_numpy()
+                  if changed_all.height else np.zeros(keys.height, bool))
+    # an old record is a neighbour when it shares blocking keys with a delta record of a
     # source it is compared with (a task); training|training is not a task, for example
     partners = {t: [s for s in spec.sources if (s, t) in spec.tasks or (t, s) in spec.tasks]
                 for t in spec.sources}
-    conds = []
-    for c in _rule_cols(spec):
-        per_src = None
-        for t, ss in partners.items():
-            dk = dkeys.filter(pl.col("source").is_in(ss) & (pl.col(c) != 0))[c].unique()
-            if dk.len() == 0:
-                continue
-            cond = (pl.col("source") == t) & pl.col(c).is_in(dk.implode())
-            per_src = cond if per_src is None else per_src | cond
-        if per_src is not None:
-            conds.append(per_src)
-    nb = (keys_old.filter(pl.any_horizontal(conds)) if conds else keys_old.clear())
-    touched = _relevant_neighbours(nb, dkeys, spec, partners, min_shared_keys)
-    touched_keys = (cw.join(pl.concat([touched, changed_all]), on=["source", "record_id"], how="semi")
-                    ["person_key"].unique())
-    old_sub = cw.filter(pl.col("person_key").is_in(touched_keys.implode())).join(
-        changed_all, on=["source", "record_id"], how="anti")
+    touched = keys.filter(pl.Series(_neighbours(keys, is_changed, dkeys, spec, partners, min_shared_keys)))
+    touched_keys = (cw.join(pl.concat([touched.select("source", "record_id"), changed_all]),
+                            on=["source", "record_id"], how="semi")["person_key"].unique())
+    lap("neighbours")
+    people = cw.filter(pl.col("person_key").is_in(touched_keys.implode()))     # every record of those people
+    old_sub = people.join(changed_all, on=["source", "record_id"], how="anti")
     sub_paths: dict[str, Path] = {}
     for s in spec.sources:
         parts = []
-        if s in records:
-            ids = old_sub.filter(pl.col("source") == s)["record_id"]
-            if ids.len():
-                parts.append(st.scan_records(s, ids=ids))
+        ids = old_sub.filter(pl.col("source") == s)["record_id"]
+        if ids.len() and st.record_parts(s):
+            parts.append(st.scan_records(s, ids=ids, columns=eng_cols))
         if s in delta:
-            parts.append(delta[s])
+            parts.append(delta[s].select([c for c in eng_cols if c in delta[s].columns]))
         if parts:
             sub_paths[s] = work / f"subset_{s}.parquet"
-            pl.concat(parts, how="diagonal_relaxed").write_parquet(sub_paths[s])
-    n_subset = sum(pl.scan_parquet(p).select(pl.len()).collect().item() for p in sub_paths.values())
-    sub_keys = pl.concat([keys_old.join(old_sub.select("source", "record_id"), on=["source", "record_id"],
-                                        how="semi"), dkeys], how="vertical_relaxed")
+            pl.concat(parts, how="diagonal_relaxed").write_parquet(sub_paths[s], compression="uncompressed")
+    n_subset = old_sub.height + sum(d.height for d in delta.values())
+    sub_keys = pl.concat([keys.filter(pl.Series(~is_changed)).join(old_sub.select("source", "record_id"),
+                                                                   on=["source", "record_id"], how="semi"),
+                          dkeys], how="vertical_relaxed")
+    # the state's accepted links: those between two old records of the subset are re-scored
+    # as candidates; every link touching a record of those people is replaced by this run's
+    pairs_old = pl.read_parquet(st.path("pairs.parquet"))
+    L = {"source": "source_l", "record_id": "record_id_l"}
+    R = {"source": "source_r", "record_id": "record_id_r"}
+    ppl_ids = people.select("source", "record_id")
+    sub_old_ids = old_sub.select("source", "record_id")
+    fixed = (pairs_old.join(sub_old_ids.rename(L), on=list(L.values()), how="semi")
+             .join(sub_old_ids.rename(R), on=list(R.values()), how="semi"))
     lap("subset")
 
-    # ---- state records after the delivery (for TF and lambda) ---------------------------
-    new_records = {}
-    for s in spec.sources:
-        old = records.get(s)
-        if s in delta:
-            d = delta[s]
-            base = old.filter(~pl.col("record_id").is_in(d["record_id"].implode())) if old is not None else None
-            d = d.select([c for c in ev_cols if c in d.columns])
-            new_records[s] = pl.concat([base, d], how="diagonal_relaxed") if base is not None else d
-        elif old is not None:
-            new_records[s] = old
-    counts = {s: df.height for s, df in new_records.items()}
-    tf_counts = _name_tf_counts(new_records, spec)
+    # ---- population counts and name term frequencies after the delivery -------------------
+    # (kept in the state and updated by the delta: no pass over the history)
+    counts = {s: int(meta["counts"].get(s, 0)) + added[s] for s in spec.sources
+              if int(meta["counts"].get(s, 0)) + added[s] > 0}
+    comp = _name_tf_comp(spec)
+    tf_tables = tf_new = None
+    if comp is not None:
+        tf_tables = st.tf_tables()
+        if tf_tables is None:      # a state from before TF tables were stored: count once
+            tf_tables = _tf_tables(_name_tf_values(
+                [st.scan_records(s, columns=ev_cols) for s in spec.sources if st.record_parts(s)], comp))
+            tf_changed = set(_TF_KEYS)
+        else:
+            tf_changed = set()
+        tf_new = _tf_update(tf_tables, _name_tf_values(delta.values(), comp), _name_tf_values(replaced, comp))
+        tf_changed |= {w for w in _TF_KEYS if tf_new[w] is not tf_tables[w]}
+    tf_counts = _tf_counts(tf_new, spec)
     model_path = _scaled_model(st.path("model.json"), meta["lambda_basis"], counts, work / "model_scaled.json")
     n_total = sum(counts.values())
     spec2 = dataclasses.replace(spec, reuse_model=model_path,
@@ -577,20 +705,19 @@ def link_incremental(new_inputs: dict[str, Path], state_dir: Path, spec, out_dir
     lap("prepare_model")
 
     link_timings = None
+    focus_ids = pl.concat([pl.DataFrame({"source": [s] * d.height, "record_id": d["record_id"]},
+                                        schema={"source": pl.String, "record_id": pl.String})
+                           for s, d in delta.items()])
     if method == "focus":
-        link_timings = _link_focus(sub_paths, spec2, work / "link", pl.concat([pl.DataFrame({"source": [s] * d.height,
-                                                                          "record_id": d["record_id"]},
-                                                                         schema={"source": pl.String,
-                                                                                 "record_id": pl.String})
-                                                             for s, d in delta.items()]),
-                    pl.read_parquet(st.path("pairs.parquet")), tf_counts, sub_keys).get("timings")
+        link_timings = _link_focus(sub_paths, spec2, work / "link", focus_ids, fixed, tf_counts,
+                                   sub_keys).get("timings")
     else:
         link(sub_paths, spec2, work / "link", progress=progress, prior_from_model=True, tf_counts=tf_counts)
     lap("link_subset")
 
     # ---- map the subset's clusters onto the stable keys ---------------------------------
     scl = pl.read_parquet(work / "link" / "clusters.parquet")
-    old_map = cw.select("source", "record_id", pl.col("person_key").alias("old_key"))
+    old_map = people.select("source", "record_id", pl.col("person_key").alias("old_key"))
     a = scl.select("source", "record_id", pl.col("person_id").alias("cluster"), "link_method",
                    "link_probability").join(old_map, on=["source", "record_id"], how="left")
     m, next_key = map_keys(a.select("source", "record_id", "cluster", "old_key"), meta["next_key"])
@@ -618,19 +745,18 @@ def link_incremental(new_inputs: dict[str, Path], state_dir: Path, spec, out_dir
     lap("map_keys")
 
     # ---- new state ----------------------------------------------------------------------
-    sub_ids = a.select("source", "record_id")
+    # the subset holds every record of the people it touched (old_sub + changed), so the
+    # crosswalk rows of those people are replaced and every other row is kept as it is
     cw_new = pl.concat([
-        cw.join(sub_ids, on=["source", "record_id"], how="anti"),
+        cw.filter(~pl.col("person_key").is_in(touched_keys.implode())),
         a.select("source", "record_id", pl.col("final").alias("person_key"), "link_method", "link_probability",
                  pl.lit(0, pl.Int32).alias("cluster_size")),
-    ], how="vertical_relaxed").with_columns(pl.len().over("person_key").cast(pl.Int32).alias("cluster_size"))
-    old_pairs = pl.read_parquet(st.path("pairs.parquet"))
-    sub_codes = (sub_ids["source"] + ":" + sub_ids["record_id"]).implode()
-    rids = sub_ids["record_id"].unique().implode()
-    maybe = pl.col("record_id_l").is_in(rids) | pl.col("record_id_r").is_in(rids)
-    old_pairs = pl.concat([old_pairs.filter(~maybe), old_pairs.filter(maybe).filter(
-        ~pl.concat_str("source_l", pl.lit(":"), "record_id_l").is_in(sub_codes)
-        & ~pl.concat_str("source_r", pl.lit(":"), "record_id_r").is_in(sub_codes))])
+    ], how="vertical_relaxed")
+    sizes = a.group_by("final").len("_n")
+    cw_new = cw_new.with_columns(
+        pl.col("person_key").replace_strict(sizes["final"], sizes["_n"].cast(pl.Int32),
+                                            default=pl.col("cluster_size")).alias("cluster_size"))
+    old_pairs = _pairs_not_touching(pairs_old, ppl_ids)
     new_pairs = spairs.filter(pl.col("linked"))
     pairs_all = pl.concat([old_pairs, new_pairs], how="diagonal_relaxed")
     changed_rec = a.filter(pl.col("old_key").is_not_null() & (pl.col("old_key") != pl.col("final")))
@@ -668,6 +794,8 @@ def link_incremental(new_inputs: dict[str, Path], state_dir: Path, spec, out_dir
     _write(cw_new.rename({"person_key": "person_id"}), st.path("crosswalk.parquet"))
     _write(pairs_all, st.path("pairs.parquet"))
     st.append("history", hist_new)
+    if tf_new is not None and tf_changed:
+        st.write_tf(tf_new, only=tf_changed)
     meta.update({"updated": _now(), "runs": meta["runs"] + [run_id], "next_key": next_key, "counts": counts,
                  "superseded": bool(meta.get("superseded") or n_changed)})
     _write_text(st.path("meta.json"), json.dumps(meta, indent=1))
