@@ -210,12 +210,13 @@ def _focus_join(la: pl.DataFrame, lb: pl.DataFrame, focus: np.ndarray, dedupe: b
 
 def focus_keys(keys: np.ndarray, focus: np.ndarray) -> np.ndarray:
     """`keys` with 0 (no block) for every record whose block holds no focus record."""
-    fk = np.unique(keys[focus])
+    fk = keys[focus]
     fk = fk[fk != 0]
     if fk.size == 0:
         return np.zeros_like(keys)
-    pos = np.minimum(np.searchsorted(fk, keys), fk.size - 1)
-    return np.where(fk[pos] == keys, keys, np.uint64(0))
+    # hashed membership: a sorted search of every record's key is ~10x slower
+    hit = pl.Series(keys).is_in(pl.Series(fk).unique().implode()).to_numpy()
+    return np.where(hit, keys, np.uint64(0))
 
 
 def drop_found(li: np.ndarray, ri: np.ndarray, earlier: list[np.ndarray],

@@ -615,8 +615,14 @@ def _candidates(rec: Records, spec: LinkSpec, tasks, evals, det, rule_keys, labe
     n = rec.n
     chunk = spec.max_pairs_per_chunk
 
+    # focus: few pairs per rule chunk, so their levels are computed once per task (flush)
+    batch: list | None = [] if focus is not None and blocks is None else None
+
     def add(li, ri, ti, rule_idx, method, G=None, tfs=None):
         if li.size == 0:
+            return
+        if G is None and batch is not None:
+            batch.append((li, ri, np.full(li.size, rule_idx, np.int16), np.full(li.size, method, np.int8)))
             return
         if G is None:
             G, tfs = comparison_matrix(evals, li, ri, tasks[ti])
@@ -686,6 +692,10 @@ def _candidates(rec: Records, spec: LinkSpec, tasks, evals, det, rule_keys, labe
                 st.new_pairs += int(li.size)
                 add(li, ri, ti, ri_ + 1, 0)
             stats.append(st)
+        if batch:
+            li, ri, ru, me = (np.concatenate(x) for x in zip(*batch))
+            batch.clear()
+            add(li, ri, ti, ru, me, *comparison_matrix(evals, li, ri, tasks[ti]))
     if not Ls:
         z = np.zeros(0, np.int32)
         return {"li": z, "ri": z, "task": z.astype(np.int8), "rule": z.astype(np.int16),
