@@ -94,11 +94,15 @@ def nhs_number_valid(digits: str) -> bool:
 def _nhs_ints(values: np.ndarray) -> np.ndarray:
     """Vectorised mod-11 check on non-negative integers (as 10 digits)."""
     v = values.astype(np.int64)
-    ok = (v >= 0) & (v <= 9_999_999_999)
-    digits = np.stack([(v // 10 ** (9 - i)) % 10 for i in range(10)], axis=1)
-    check = 11 - (digits[:, :9] @ NHS_WEIGHTS) % 11
-    check = np.where(check == 11, 0, check)
-    return ok & (check != 10) & (check == digits[:, 9]) & (v >= 100_000_000)
+    out = np.zeros(len(v), dtype=bool)
+    cand = (v >= 100_000_000) & (v <= 9_999_999_999)   # only these can pass; digits of the rest unused
+    if cand.any():
+        c = v[cand]
+        digits = np.stack([(c // 10 ** (9 - i)) % 10 for i in range(10)], axis=1)
+        check = 11 - (digits[:, :9] @ NHS_WEIGHTS) % 11
+        check = np.where(check == 11, 0, check)
+        out[cand] = (check != 10) & (check == digits[:, 9])
+    return out
 
 
 def _text_nhs(s: str) -> bool:
