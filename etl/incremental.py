@@ -35,6 +35,7 @@ import json
 import math
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -173,6 +174,23 @@ def _tf_update(tables: dict[str, pl.DataFrame], add: pl.DataFrame, remove: pl.Da
         out[w] = (pl.concat(parts, how="vertical_relaxed").group_by(k).agg(pl.col("len").sum())
                   .filter(pl.col("len") > 0))
     return out
+
+
+def _tf_after(st, spec, delta: dict[str, pl.DataFrame], replaced: list[pl.DataFrame], ev_cols: list[str]):
+    """(TF tables after the delivery, names of the tables that changed): the stored tables
+    plus the delta's names minus the old versions of changed records. A state from before
+    TF tables were stored is counted once from its records."""
+    comp = _name_tf_comp(spec)
+    if comp is None:
+        return None, set()
+    tables = st.tf_tables()
+    changed: set[str] = set()
+    if tables is None:
+        tables = _tf_tables(_name_tf_values(
+            [st.scan_records(s, columns=ev_cols) for s in spec.sources if st.record_parts(s)], comp))
+        changed = set(_TF_KEYS)
+    new = _tf_update(tables, _name_tf_values(delta.values(), comp), _name_tf_values(replaced, comp))
+    return new, changed | {w for w in _TF_KEYS if new[w] is not tables[w]}
 
 
 def _tf_counts(tables: dict[str, pl.DataFrame] | None, spec) -> dict | None:
@@ -331,12 +349,25 @@ class State:
         return paths
 
     def append(self, name: str, df: pl.DataFrame) -> Path:
+        tmp, p = self.stage(name, df)
+        tmp.replace(p)
+        return p
+
+    def stage(self, name: str, df: pl.DataFrame) -> tuple[Path, Path]:
+        """Write the next part of `name` under a hidden temporary name; (temporary, final):
+        rename to commit it (an increment stages while it links, commits at the end)."""
         d = self.path(name)
         d.mkdir(parents=True, exist_ok=True)
         n = len(list(d.glob("part-*.parquet")))
         p = d / f"part-{n:06d}.parquet"
-        _write(df, p)
-        return p
+        tmp = p.with_name(f".{p.name}.tmp")
+        df.write_parquet(tmp, **_PQ)
+        return tmp, p
+
+    def clean_staged(self) -> None:
+        """Remove temporary files left by an increment that failed before committing."""
+        for t in self.dir.rglob(".*.tmp"):
+            t.unlink(missing_ok=True)
 
     def read_parts(self, name: str, dedupe: list[str] | None = None) -> pl.DataFrame:
         parts = sorted(self.path(name).glob("part-*.parquet"))
@@ -356,10 +387,19 @@ class State:
         return {w: pl.read_parquet(p) for w, p in paths.items()}
 
     def write_tf(self, tables: dict[str, pl.DataFrame], only: set[str] | None = None) -> None:
+        for tmp, p in self.stage_tf(tables, only):
+            tmp.replace(p)
+
+    def stage_tf(self, tables: dict[str, pl.DataFrame], only: set[str] | None = None) -> list[tuple[Path, Path]]:
         self.path("tf").mkdir(parents=True, exist_ok=True)
+        out = []
         for w, t in tables.items():
             if only is None or w in only:
-                _write(t, self.path(f"tf/{w}.parquet"))
+                p = self.path(f"tf/{w}.parquet")
+                tmp = p.with_name(f".{p.name}.tmp")
+                t.write_parquet(tmp, **_PQ)
+                out.append((tmp, p))
+        return out
 
 
 
@@ -551,7 +591,20 @@ def link_incremental(new_inputs: dict[str, Path], state_dir: Path, spec, out_dir
     """Link a new delivery (standardised Parquet per source: new rows, and corrected rows
     for known record_ids) onto the linkage state. Writes out_dir/clusters.parquet (all
     records; person_id = stable key), pairs.parquet (accepted links), model.json,
-    incremental_report.{json,md}; updates state_dir. Returns counts only."""
+    incremental_report.{json,md}; updates state_dir. Returns counts only.
+
+    Work that does not wait for the link (reading the stored links, the name term
+    frequencies, writing the delivery's record / key parts to temporary files, dropping
+    the links the subset replaces) runs in one background thread beside it; the state
+    is committed (renames, crosswalk, links, history, meta) after the link."""
+    with ThreadPoolExecutor(1, thread_name_prefix="medlink-increment") as bg:
+        return _increment(new_inputs, state_dir, spec, out_dir, bg, policy=policy, truth=truth,
+                          progress=progress, keep_work=keep_work, method=method, min_shared_keys=min_shared_keys)
+
+
+def _increment(new_inputs: dict[str, Path], state_dir: Path, spec, out_dir: Path, bg: ThreadPoolExecutor, *,
+               policy: str, truth: Path | None, progress, keep_work: bool, method: str,
+               min_shared_keys: int) -> dict:
     from etl.linkage import link
 
     if policy not in POLICIES:
@@ -579,6 +632,8 @@ def link_incremental(new_inputs: dict[str, Path], state_dir: Path, spec, out_dir
         shutil.rmtree(work)
     work.mkdir(parents=True)
     run_id = f"inc-{_now()}"
+    st.clean_staged()
+    f_pairs = bg.submit(pl.read_parquet, st.path("pairs.parquet"))
 
     evid = _evidence_cols(spec)
     ev_cols = ["record_id", *evid]
@@ -625,6 +680,8 @@ def link_incremental(new_inputs: dict[str, Path], state_dir: Path, spec, out_dir
             delta[s] = d
             delta_paths[s] = work / f"delta_{s}.parquet"
             d.write_parquet(delta_paths[s], compression="uncompressed")
+    if delta:
+        f_tf = bg.submit(_tf_after, st, spec, delta, replaced, ev_cols)
     lap("classify")
 
     if not delta:
@@ -671,7 +728,7 @@ def link_incremental(new_inputs: dict[str, Path], state_dir: Path, spec, out_dir
                           dkeys], how="vertical_relaxed")
     # the state's accepted links: those between two old records of the subset are re-scored
     # as candidates; every link touching a record of those people is replaced by this run's
-    pairs_old = pl.read_parquet(st.path("pairs.parquet"))
+    pairs_old = f_pairs.result()
     L = {"source": "source_l", "record_id": "record_id_l"}
     R = {"source": "source_r", "record_id": "record_id_r"}
     ppl_ids = people.select("source", "record_id")
@@ -684,18 +741,7 @@ def link_incremental(new_inputs: dict[str, Path], state_dir: Path, spec, out_dir
     # (kept in the state and updated by the delta: no pass over the history)
     counts = {s: int(meta["counts"].get(s, 0)) + added[s] for s in spec.sources
               if int(meta["counts"].get(s, 0)) + added[s] > 0}
-    comp = _name_tf_comp(spec)
-    tf_tables = tf_new = None
-    if comp is not None:
-        tf_tables = st.tf_tables()
-        if tf_tables is None:      # a state from before TF tables were stored: count once
-            tf_tables = _tf_tables(_name_tf_values(
-                [st.scan_records(s, columns=ev_cols) for s in spec.sources if st.record_parts(s)], comp))
-            tf_changed = set(_TF_KEYS)
-        else:
-            tf_changed = set()
-        tf_new = _tf_update(tf_tables, _name_tf_values(delta.values(), comp), _name_tf_values(replaced, comp))
-        tf_changed |= {w for w in _TF_KEYS if tf_new[w] is not tf_tables[w]}
+    tf_new, tf_changed = f_tf.result()
     tf_counts = _tf_counts(tf_new, spec)
     model_path = _scaled_model(st.path("model.json"), meta["lambda_basis"], counts, work / "model_scaled.json")
     n_total = sum(counts.values())
@@ -704,6 +750,16 @@ def link_incremental(new_inputs: dict[str, Path], state_dir: Path, spec, out_dir
                                 labels=None)
     lap("prepare_model")
 
+    def stage():
+        """Beside the link: the delivery's parts to temporary files, the kept rows."""
+        staged = [st.stage(f"records/{s}", d) for s, d in delta.items()]
+        staged.append(st.stage("keys", dkeys))
+        if tf_new is not None and tf_changed:
+            staged += st.stage_tf(tf_new, tf_changed)
+        return (staged, _pairs_not_touching(pairs_old, ppl_ids),
+                cw.filter(~pl.col("person_key").is_in(touched_keys.implode())))
+
+    f_stage = bg.submit(stage)
     link_timings = None
     focus_ids = pl.concat([pl.DataFrame({"source": [s] * d.height, "record_id": d["record_id"]},
                                         schema={"source": pl.String, "record_id": pl.String})
@@ -747,8 +803,9 @@ def link_incremental(new_inputs: dict[str, Path], state_dir: Path, spec, out_dir
     # ---- new state ----------------------------------------------------------------------
     # the subset holds every record of the people it touched (old_sub + changed), so the
     # crosswalk rows of those people are replaced and every other row is kept as it is
+    staged, old_pairs, cw_keep = f_stage.result()
     cw_new = pl.concat([
-        cw.filter(~pl.col("person_key").is_in(touched_keys.implode())),
+        cw_keep,
         a.select("source", "record_id", pl.col("final").alias("person_key"), "link_method", "link_probability",
                  pl.lit(0, pl.Int32).alias("cluster_size")),
     ], how="vertical_relaxed")
@@ -756,7 +813,6 @@ def link_incremental(new_inputs: dict[str, Path], state_dir: Path, spec, out_dir
     cw_new = cw_new.with_columns(
         pl.col("person_key").replace_strict(sizes["final"], sizes["_n"].cast(pl.Int32),
                                             default=pl.col("cluster_size")).alias("cluster_size"))
-    old_pairs = _pairs_not_touching(pairs_old, ppl_ids)
     new_pairs = spairs.filter(pl.col("linked"))
     pairs_all = pl.concat([old_pairs, new_pairs], how="diagonal_relaxed")
     changed_rec = a.filter(pl.col("old_key").is_not_null() & (pl.col("old_key") != pl.col("final")))
@@ -788,14 +844,11 @@ def link_incremental(new_inputs: dict[str, Path], state_dir: Path, spec, out_dir
         pl.lit(run_id).alias("run_id"), pl.lit(_now()).alias("at"), pl.all())
     lap("merge_state")
 
-    for s in delta:
-        st.append(f"records/{s}", delta[s])
-    st.append("keys", dkeys)
+    for tmp, final in staged:
+        tmp.replace(final)
     _write(cw_new.rename({"person_key": "person_id"}), st.path("crosswalk.parquet"))
     _write(pairs_all, st.path("pairs.parquet"))
     st.append("history", hist_new)
-    if tf_new is not None and tf_changed:
-        st.write_tf(tf_new, only=tf_changed)
     meta.update({"updated": _now(), "runs": meta["runs"] + [run_id], "next_key": next_key, "counts": counts,
                  "superseded": bool(meta.get("superseded") or n_changed)})
     _write_text(st.path("meta.json"), json.dumps(meta, indent=1))
