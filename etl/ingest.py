@@ -221,8 +221,9 @@ def _typed(col: str, spec, src: SourceConfig) -> pl.Expr:
     return c
 
 
-def _defect(cond: pl.Expr, column: str, reason: str, action: str = "quarantined") -> pl.Expr:
-    return pl.when(cond).then(pl.lit(f"{column}\t{reason}\t{action}")).otherwise(None)
+def _defect(cond: pl.Expr, column: str, reason: str, action: str = "quarantined") -> tuple[pl.Expr, str]:
+    """A row-level check: the condition (null counts as no defect) and its issue text."""
+    return cond, f"{column}\t{reason}\t{action}"
 
 
 def ingest(src: SourceConfig, out_path: Path, quarantine_path: Path,
@@ -253,7 +254,7 @@ def ingest(src: SourceConfig, out_path: Path, quarantine_path: Path,
         if c in mapped:
             df = df.with_columns(pl.col(c).replace(m))
 
-    checks: list[pl.Expr] = []
+    checks: list[tuple[pl.Expr, str]] = []
     df = df.collect()   # one plan for mapping, trimming and value maps
     del raw
     # typing and standardising are per value (string functions of one column); a column with
@@ -314,8 +315,18 @@ def ingest(src: SourceConfig, out_path: Path, quarantine_path: Path,
                               & (pl.int_range(pl.len()).over("__t_record_id") > 0),
                               "record_id", "duplicate record_id (first kept)"))
 
-    issues = (df.select(pl.col("row_number"), pl.col("__t_record_id").cast(pl.String).alias("record_id"),
-                        pl.concat_list(checks).alias("__d") if checks else pl.lit([]).alias("__d"))
+    # the checks as booleans on every row (window checks such as duplicates need the whole
+    # frame), then issue texts only for the rows with a defect: building a list of every
+    # check's text for every row and exploding it cost ~40% of ingest at 1.9 M rows. Same
+    # rows, same order (row, then check) as the list over all rows.
+    flags = df.select(pl.col("row_number"), pl.col("__t_record_id"),
+                      *[cond.fill_null(False).alias(f"__c{i}") for i, (cond, _) in enumerate(checks)])
+    if checks:
+        flags = flags.filter(pl.any_horizontal([pl.col(f"__c{i}") for i in range(len(checks))]))
+    issues = (flags.select(pl.col("row_number"), pl.col("__t_record_id").cast(pl.String).alias("record_id"),
+                           pl.concat_list([pl.when(pl.col(f"__c{i}")).then(pl.lit(text)).otherwise(None)
+                                           for i, (_, text) in enumerate(checks)]).alias("__d")
+                           if checks else pl.lit([]).alias("__d"))
               .explode("__d").drop_nulls("__d")
               .with_columns(pl.col("__d").str.split("\t").list.to_struct(fields=["column", "reason", "action"]))
               .unnest("__d"))
