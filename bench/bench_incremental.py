@@ -7,11 +7,16 @@
 - splits every extract by year (admission cycle_year, training entry_year, registration
   application_year, register-only rows graduation_year): delivery 0 = years <= 2021 (the
   backlog), then one delivery per year 2022..2025 (`--bounds`);
-- full relink: `etl.linkage.link` on everything at once (training included), median of `--repeat`;
-- incremental: `init_state` on delivery 0, `link_incremental` on each later one; the last
-  year's delivery is timed `--repeat` times, each on a fresh copy of the state before it (median);
+- incremental: `init_state` on delivery 0, `link_incremental` on each later one (untimed
+  chain up to the state before the last delivery);
+- then `--repeat` rounds, each: the full relink (`etl.linkage.link` on everything at once,
+  training included, report written) and the last year's delivery linked incrementally on
+  a fresh copy of the state before it (state reads and writes included). The two runs of a
+  round are back to back, so they see the same machine load; each round's ratio is
+  printed, and the medians' ratio is the result;
+- wall time and process CPU time (all threads) of both;
 - prints pairwise F1 against truth of both clusterings (all record pairs), the pairwise F1
-  between them, the records whose person differs, both times and their ratio.
+  between them, the records whose person differs.
 Writes bench/results/incremental-<n>.json. The machine is shared: quote medians.
 """
 from __future__ import annotations
@@ -76,17 +81,7 @@ def main() -> None:
         print(f"delivery {i}: {r}")
     print(f"load average before: {os.getloadavg()}")
 
-    # ---- full relink, median of repeat
-    full_t = []
-    for k in range(args.repeat):
-        out = work / f"full_{k}"
-        t0 = time.perf_counter()
-        link(std, spec, out)
-        full_t.append(time.perf_counter() - t0)
-        print(f"full relink run {k}: {full_t[-1]:.2f}s")
-    full_cl = pl.read_parquet(work / "full_0" / "clusters.parquet")
-
-    # ---- incremental chain
+    # ---- incremental chain up to the state before the last delivery (untimed)
     state = work / "state"
     t0 = time.perf_counter()
     init = I.init_state(dels[0], spec, state, work / "inc_0")
@@ -99,15 +94,26 @@ def main() -> None:
     snap = work / "state_before_last"
     shutil.copytree(state, snap)
     last = len(dels) - 1
-    inc_t, res = [], None
+
+    # ---- rounds: full relink, then the last delivery incrementally, back to back
+    full_t, inc_t, full_cpu, inc_cpu, res = [], [], [], [], None
     for k in range(args.repeat):
+        out = work / f"full_{k}"
+        c0, t0 = time.process_time(), time.perf_counter()
+        link(std, spec, out)
+        full_t.append(time.perf_counter() - t0)
+        full_cpu.append(time.process_time() - c0)
         st_k = work / f"state_last_{k}"
         shutil.rmtree(st_k, ignore_errors=True)
         shutil.copytree(snap, st_k)
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         res = I.link_incremental(dels[last], st_k, spec, work / f"inc_last_{k}")
         inc_t.append(time.perf_counter() - t0)
-        print(f"last delivery, incremental run {k}: {inc_t[-1]:.2f}s")
+        inc_cpu.append(time.process_time() - c0)
+        print(f"round {k}: full relink {full_t[-1]:.2f}s (cpu {full_cpu[-1]:.2f}s), last delivery incremental "
+              f"{inc_t[-1]:.2f}s (cpu {inc_cpu[-1]:.2f}s), ratio {inc_t[-1] / full_t[-1]:.3f}; "
+              f"load {os.getloadavg()[0]:.1f}")
+    full_cl = pl.read_parquet(work / "full_0" / "clusters.parquet")
     per_delivery.append(res)
     print(f"delivery {last}: {res}")
     inc_cl = pl.read_parquet(work / "inc_last_0" / "clusters.parquet")
@@ -128,9 +134,12 @@ def main() -> None:
     print(f"pairwise F1 vs truth: full relink {f_full['f1']:.6f}   incremental {f_inc['f1']:.6f}   "
           f"difference {f_inc['f1'] - f_full['f1']:+.6f}")
     print(f"incremental vs full relink: pairwise F1 {f_between['f1']:.6f}, records whose person differs {differs}")
-    print(f"time: full relink median {med_full:.2f}s {sorted(round(x, 2) for x in full_t)}; "
-          f"last delivery incremental median {med_inc:.2f}s {sorted(round(x, 2) for x in inc_t)}; "
-          f"ratio {med_inc / med_full:.3f}")
+    ratios = [i / f for i, f in zip(inc_t, full_t)]
+    print(f"time: full relink median {med_full:.2f}s {[round(x, 2) for x in full_t]}; "
+          f"last delivery incremental median {med_inc:.2f}s {[round(x, 2) for x in inc_t]}; "
+          f"ratio of medians {med_inc / med_full:.3f}; per round {[round(r, 3) for r in ratios]}")
+    print(f"cpu time: full relink median {statistics.median(full_cpu):.2f}s, last delivery incremental median "
+          f"{statistics.median(inc_cpu):.2f}s, ratio {statistics.median(inc_cpu) / statistics.median(full_cpu):.3f}")
     print(f"last delivery: {rows[last]} new rows, subset linked {res['subset_records']} records; "
           f"stage seconds {rep['timings_seconds']}")
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -139,6 +148,8 @@ def main() -> None:
            "f1_incremental_vs_full": f_between, "records_person_differs": differs,
            "full_relink_seconds": full_t, "incremental_last_seconds": inc_t,
            "median_full": med_full, "median_incremental": med_inc, "ratio": med_inc / med_full,
+           "ratio_per_round": ratios, "full_relink_cpu_seconds": full_cpu, "incremental_last_cpu_seconds": inc_cpu,
+           "last_link_subset_timings": rep.get("link_subset_seconds"),
            "per_delivery": per_delivery, "last_timings": rep["timings_seconds"]}
     p = RESULTS / f"incremental-{args.doctors}.json"
     p.write_text(json.dumps(out, indent=1, default=str))

@@ -239,3 +239,82 @@ def test_resent_rows_are_no_ops_and_full_relink_compares(planted, data):
     assert r["pairwise_f1_vs_incremental"] == 1.0 and r["records_person_differs"] == 0
     with pytest.raises(Exception):
         I.link_incremental(planted["delivery"], st, data["spec"], d / "x", policy="maybe")
+
+
+# ---------------------------------------------------------------------- state bookkeeping
+
+def _recount_tf(state: Path, spec) -> dict:
+    st = I.State(state)
+    recs = [st.scan_records(s) for s in spec.sources if st.record_parts(s)]
+    return I._tf_tables(I._name_tf_values(recs, I._name_tf_comp(spec)))
+
+
+def _same_tables(a: dict, b: dict) -> bool:
+    return all(a[w].sort(k).equals(b[w].sort(k)) for w, k in I._TF_KEYS.items())
+
+
+def test_stored_term_frequencies_and_counts_follow_the_records(data, yearly, planted):
+    """The name TF tables and record counts an increment updates from the delta equal a
+    recount over the state's records (new records added, changed records replaced)."""
+    spec = data["spec"]
+    assert _same_tables(I.State(yearly["state"]).tf_tables(), _recount_tf(yearly["state"], spec))
+    st = I.State(planted["dir"] / "state_apply")          # a changed (corrected) record
+    if not st.exists():
+        _run(planted, data, "apply")
+    assert _same_tables(st.tf_tables(), _recount_tf(st.dir, spec))
+    meta = st.meta()
+    assert meta["counts"] == {s: st.scan_records(s, columns=["record_id"]).height for s in spec.sources}
+
+
+def test_state_without_tf_tables_and_leftover_temporaries(data, planted):
+    """A state written before TF tables were stored is counted once (same result); an
+    earlier increment's leftover temporary parts are removed, never committed."""
+    d = planted["dir"]
+    ref_out = d / "out_tf_ref"
+    st_ref = d / "state_tf_ref"
+    shutil.copytree(planted["state"], st_ref)
+    I.link_incremental(planted["delivery"], st_ref, data["spec"], ref_out)
+    st_old = d / "state_tf_missing"
+    shutil.copytree(planted["state"], st_old)
+    shutil.rmtree(st_old / "tf")
+    (st_old / "keys" / ".part-000009.parquet.tmp").write_bytes(b"partial")
+    out = d / "out_tf_missing"
+    I.link_incremental(planted["delivery"], st_old, data["spec"], out)
+    assert not list(st_old.rglob(".*.tmp"))
+    assert pl.read_parquet(out / "clusters.parquet").equals(pl.read_parquet(ref_out / "clusters.parquet"))
+    assert _same_tables(I.State(st_old).tf_tables(), I.State(st_ref).tf_tables())
+
+
+def test_link_stage_first_run_builds_state_then_increments(data, tmp_path):
+    """The pipeline drop-in: the first run builds <restricted>/linkage_state, the next links
+    onto it (merge_policy read from the linkage section); the history it returns feeds
+    assemble."""
+    import dataclasses
+
+    from etl import config as cfgmod
+    from etl.assemble import assemble
+
+    cfg = cfgmod.load(data["dir"] / "gen" / "delivery.yaml")
+    cfg = dataclasses.replace(cfg, output_dir=tmp_path / "out", linkage={"merge_policy": "hold"})
+    dels = I.split_by_year(data["std"], tmp_path / "deliveries", [2023])
+    runs = []
+    for i, dl in enumerate(dels):
+        runs.append(I.link_stage(cfg, f"run-{i}", [{"source": s, "path": str(p)} for s, p in dl.items()]))
+    assert (cfg.restricted_dir / "linkage_state" / "meta.json").exists()
+    s0, s1 = runs
+    assert "persons" in s0 and s1["policy"] == "hold"
+    n1 = sum(pl.read_parquet(p).height for p in dels[1].values())
+    assert s1["new_records"] == n1 > 0
+    total = sum(pl.read_parquet(p).height for p in data["std"].values())
+    cl = pl.read_parquet(s1["clusters_path"])
+    assert cl.height == total and cl["person_id"].str.contains(r"^K\d{9}$").all()
+    # keys of the first run survive the second (hold: no existing record moves)
+    c0 = pl.read_parquet(s0["clusters_path"])
+    j = c0.join(cl, on=["source", "record_id"], suffix="_1")
+    assert j.height == c0.height and (j["person_id"] == j["person_id_1"]).all()
+    assert {s: pl.read_parquet(p).height for s, p in s1["records_paths"].items()} == {
+        s: pl.read_parquet(p).height for s, p in data["std"].items()}
+    a = assemble({s: Path(p) for s, p in s1["records_paths"].items()}, Path(s1["clusters_path"]),
+                 Path(s1["pairs_path"]), tmp_path / "assembled")
+    doctors = pl.read_parquet(tmp_path / "assembled" / "doctors.parquet")
+    assert doctors.height == cl["person_id"].n_unique(), a
