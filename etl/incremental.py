@@ -485,7 +485,7 @@ def init_state(inputs: dict[str, Path], spec, state_dir: Path, out_dir: Path, *,
     st.append("history", hist)
     model_json = json.loads((out_dir / "model.json").read_text())
     meta = {"version": STATE_VERSION, "created": _now(), "updated": _now(), "runs": [run_id],
-            "next_key": order.height + 1, "counts": counts,
+            "next_key": order.height + 1, "counts": counts, "persons": int(order.height),
             "lambda_basis": _lambda_basis(model_json, counts), "polars": pl.__version__,
             "blocking": [r.name for r in spec.blocking], "model": spec.name}
     _write_text(st.path("meta.json"), json.dumps(meta, indent=1))
@@ -654,8 +654,9 @@ def _increment(new_inputs: dict[str, Path], state_dir: Path, spec, out_dir: Path
         if s not in spec.sources:
             raise ConfigError(f"source {s!r} is not in the linkage model", key="linkage.model")
         df = pl.read_parquet(p).with_columns(pl.col("record_id").cast(pl.String))
-        old_ids = cw.filter(pl.col("source") == s)["record_id"]
-        is_known = df["record_id"].is_in(old_ids.implode())
+        # hash the delivery's ids (small), probe the history's; then the delivery on the few known
+        hist = cw.filter(pl.col("source") == s)["record_id"]
+        is_known = df["record_id"].is_in(hist.filter(hist.is_in(df["record_id"].implode())).implode())
         known, fresh = df.filter(is_known), df.filter(~is_known)
         ch: list[str] = []
         if known.height:
@@ -849,8 +850,13 @@ def _increment(new_inputs: dict[str, Path], state_dir: Path, spec, out_dir: Path
     _write(cw_new.rename({"person_key": "person_id"}), st.path("crosswalk.parquet"))
     _write(pairs_all, st.path("pairs.parquet"))
     st.append("history", hist_new)
+    # people: those the subset did not touch keep their keys; the subset's keys are disjoint
+    persons_before = meta.get("persons")
+    if persons_before is None:       # a state from before meta held it
+        persons_before = cw["person_key"].n_unique()
+    persons_total = int(persons_before - touched_keys.len() + a["final"].n_unique())
     meta.update({"updated": _now(), "runs": meta["runs"] + [run_id], "next_key": next_key, "counts": counts,
-                 "superseded": bool(meta.get("superseded") or n_changed)})
+                 "persons": persons_total, "superseded": bool(meta.get("superseded") or n_changed)})
     _write_text(st.path("meta.json"), json.dumps(meta, indent=1))
     lap("write_state")
 
@@ -865,7 +871,7 @@ def _increment(new_inputs: dict[str, Path], state_dir: Path, spec, out_dir: Path
               "joined_existing": joined, "new_persons": new_persons, "merges": len(merges), "splits": len(splits),
               "held": sum(e["status"] == "held" for e in merges + splits) if policy == "hold" else 0,
               "records_rekeyed": int(changed_rec.height), "subset_records": int(n_subset),
-              "records_total": int(clusters.height), "persons_total": int(clusters["person_id"].n_unique()),
+              "records_total": int(clusters.height), "persons_total": persons_total,
               "policy": policy, "seconds": round(time.perf_counter() - t0, 3)}
     if truth is not None:
         t = pl.read_parquet(truth).select(pl.col("source").cast(pl.String), pl.col("record_id").cast(pl.String),
@@ -957,7 +963,7 @@ def relink_full(state_dir: Path, spec, out_dir: Path, *, adopt: bool = False, po
         counts = {s: st.scan_records(s, columns=["record_id"]).height for s in spec.sources if st.record_parts(s)}
         run_id = f"full-{_now()}"
         meta.update({"updated": _now(), "runs": meta["runs"] + [run_id], "next_key": next_key, "counts": counts,
-                     "lambda_basis": _lambda_basis(model_json, counts)})
+                     "persons": int(cw_new["person_id"].n_unique()), "lambda_basis": _lambda_basis(model_json, counts)})
         _write_text(st.path("meta.json"), json.dumps(meta, indent=1))
         shutil.copyfile(st.path("crosswalk.parquet"), out_dir / "clusters.parquet")
         result["adopted"] = True

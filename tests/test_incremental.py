@@ -77,6 +77,8 @@ def test_yearly_deliveries_match_a_full_relink(data, yearly):
         s = run["summary"]
         assert s["new_records"] > 0 and s["joined_existing"] > 0 and s["new_persons"] > 0
         assert set(s) >= {"new_records", "joined_existing", "new_persons", "merges", "splits", "seconds"}
+        assert s["persons_total"] == run["after"]["person_id"].n_unique()
+        assert s["records_total"] == run["after"].height
         assert "SMITH" not in json.dumps(s).upper()
 
 
@@ -263,6 +265,7 @@ def test_stored_term_frequencies_and_counts_follow_the_records(data, yearly, pla
         _run(planted, data, "apply")
     assert _same_tables(st.tf_tables(), _recount_tf(st.dir, spec))
     meta = st.meta()
+    assert meta["persons"] == pl.read_parquet(st.path("crosswalk.parquet"))["person_id"].n_unique()
     assert meta["counts"] == {s: st.scan_records(s, columns=["record_id"]).height for s in spec.sources}
 
 
