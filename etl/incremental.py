@@ -48,7 +48,7 @@ STATE_VERSION = 1
 KEY_PREFIX = "K"
 KEY_WIDTH = 9
 POLICIES = ("apply", "hold")
-_PQ = dict(compression="lz4")    # state files are read back by every increment: fast to read
+_PQ = dict(compression="lz4", statistics=False)   # state files: read back whole by every increment
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -847,8 +847,12 @@ def _increment(new_inputs: dict[str, Path], state_dir: Path, spec, out_dir: Path
 
     for tmp, final in staged:
         tmp.replace(final)
+    # the outputs are copies of the state's files, made in the background thread
+    out_dir.mkdir(parents=True, exist_ok=True)
     _write(cw_new.rename({"person_key": "person_id"}), st.path("crosswalk.parquet"))
+    copies = [bg.submit(shutil.copyfile, st.path("crosswalk.parquet"), out_dir / "clusters.parquet")]
     _write(pairs_all, st.path("pairs.parquet"))
+    copies.append(bg.submit(shutil.copyfile, st.path("pairs.parquet"), out_dir / "pairs.parquet"))
     st.append("history", hist_new)
     # people: those the subset did not touch keep their keys; the subset's keys are disjoint
     persons_before = meta.get("persons")
@@ -861,10 +865,10 @@ def _increment(new_inputs: dict[str, Path], state_dir: Path, spec, out_dir: Path
     lap("write_state")
 
     # ---- outputs --------------------------------------------------------------------------
-    shutil.copyfile(st.path("crosswalk.parquet"), out_dir / "clusters.parquet")
     clusters = cw_new.rename({"person_key": "person_id"})
-    shutil.copyfile(st.path("pairs.parquet"), out_dir / "pairs.parquet")
     shutil.copyfile(st.path("model.json"), out_dir / "model.json")
+    for c in copies:
+        c.result()
     lap("write_outputs")
 
     result = {"new_records": int(n_new), "changed_records": int(n_changed), "unchanged_records": int(n_unchanged),
