@@ -90,12 +90,14 @@ def _records():
         ("training", "t2", "KOFI", "BOATENG", D(1993, 1, 2), "2345678"),
         ("training", "t3", "HANNAH", "ROSE", D(1992, 7, 8), "3456789"),
         ("training", "t4", "IMRAN", "SHAH", D(1991, 2, 3), "5550001"),
+        ("training", "t5", "PRIYA", "NAIR", D(1990, 3, 4), "7000001"),
         # registration (source 2)
         ("registration", "r1", "AMELIA", "WATSON", D(1994, 5, 6), "1243567"),   # transposition
         ("registration", "r2", "KOFI", "BOATENG", D(1993, 1, 2), "2345679"),    # substitution
         ("registration", "r3", "JOSEPH", "KING", D(1970, 1, 1), "3456780"),     # typo, other person
         ("registration", "r4", "HANNAH", "ROSE", D(1992, 7, 8), "9999999"),
         ("registration", "r5", "MARGARET", "ONEILL", D(1960, 9, 9), "5550001"),  # exact id, nothing else
+        ("registration", "r6", "PRIYA", "NAIR", D(1990, 4, 3), "7000010"),      # typo + day-month swap
     ]
     df = pl.DataFrame(rows, schema=["source", "record_id", "forenames", "surname", "date_of_birth", "gmc_number"],
                       orient="row")
@@ -115,7 +117,24 @@ def test_deterministic_pass_with_mistyped_identifiers():
     det = deterministic_pass(rec, spec, evals, [("training", "registration")])
     got = {(rec.df["record_id"][int(a)], rec.df["record_id"][int(b)], int(m))
            for a, b, m in zip(det.li, det.ri, det.method)}
-    assert got == {("t1", "r1", 2), ("t2", "r2", 2)}
+    assert got == {("t1", "r1", 2), ("t2", "r2", 2), ("t5", "r6", 2)}
     st = det.stats[0]
-    assert st["typo_candidates"] == 3 and st["typo_confirmed"] == 2
+    # the confirm rule accepts only exact or day-month-swapped DOBs, so the typo search
+    # looks only among records sharing the DOB up to that swap: t3-r3 is never a candidate
+    assert st["typo_candidates"] == 3 and st["typo_confirmed"] == 3
     assert st["exact_pairs"] == 0 and st["exact_vetoed"] == 1    # t4-r5: same number, nothing else agrees
+
+
+def test_typo_search_is_not_narrowed_when_confirm_allows_other_dates():
+    import dataclasses
+    spec = load_spec({}, ".")
+    ids = [dataclasses.replace(i, confirm={**i.confirm, "date_of_birth": ["exact", "day_month_swap", "else"]})
+           for i in spec.identifiers]
+    spec = dataclasses.replace(spec, identifiers=ids)
+    rec = _records()
+    evals = {c.name: Evaluator(c, rec, 1) for c in spec.comparisons}
+    det = deterministic_pass(rec, spec, evals, [("training", "registration")])
+    got = {(rec.df["record_id"][int(a)], rec.df["record_id"][int(b)]) for a, b in zip(det.li, det.ri)}
+    # t3-r3 (one typo, other person, other DOB) is now a candidate; the name still refuses it
+    assert det.stats[0]["typo_candidates"] == 4
+    assert ("t3", "r3") not in got and ("t1", "r1") in got

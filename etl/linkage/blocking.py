@@ -126,12 +126,25 @@ def _block_frames(keys: np.ndarray, lo: int, hi: int) -> pl.DataFrame:
     return pl.DataFrame({"k": k[ok], "g": gid[ok]})
 
 
-def block_sizes(keys: np.ndarray, a: tuple[int, int], b: tuple[int, int], dedupe: bool) -> pl.DataFrame:
-    fa = _block_frames(keys, *a).group_by("k").agg(pl.len().alias("na"))
+def _counts(keys: np.ndarray, lo: int, hi: int, cache: dict | None) -> pl.DataFrame:
+    """Records per key in one source's range (cached per rule and source: every task
+    pairing the source reuses it)."""
+    ck = (id(keys), lo, hi)
+    if cache is not None and ck in cache:
+        return cache[ck][1]
+    out = _block_frames(keys, lo, hi).group_by("k").agg(pl.len().alias("n"))
+    if cache is not None:
+        cache[ck] = (keys, out)     # holding `keys` keeps its id from being reused
+    return out
+
+
+def block_sizes(keys: np.ndarray, a: tuple[int, int], b: tuple[int, int], dedupe: bool,
+                cache: dict | None = None) -> pl.DataFrame:
+    fa = _counts(keys, *a, cache).rename({"n": "na"})
     if dedupe:
         return fa.with_columns((pl.col("na").cast(pl.Int64) * (pl.col("na").cast(pl.Int64) - 1) // 2)
                                .alias("pairs"))
-    fb = _block_frames(keys, *b).group_by("k").agg(pl.len().alias("nb"))
+    fb = _counts(keys, *b, cache).rename({"n": "nb"})
     return fa.join(fb, on="k", how="inner").with_columns(
         (pl.col("na").cast(pl.Int64) * pl.col("nb").cast(pl.Int64)).alias("pairs"))
 
@@ -139,7 +152,8 @@ def block_sizes(keys: np.ndarray, a: tuple[int, int], b: tuple[int, int], dedupe
 def rule_pairs(keys: np.ndarray, a: tuple[int, int], b: tuple[int, int], dedupe: bool,
                chunk_pairs: int, max_block_pairs: int | None = None, key_fraction: float = 1.0,
                seed: int = 0, part: tuple[int, int] | None = None, focus: np.ndarray | None = None,
-               focus_masked: bool = False) -> tuple[Iterator[tuple[np.ndarray, np.ndarray]], int, int]:
+               focus_masked: bool = False, size_cache: dict | None = None
+               ) -> tuple[Iterator[tuple[np.ndarray, np.ndarray]], int, int]:
     """Pairs (l, r) with equal non-null key between ranges a and b, chunked.
 
     `focus` (bool per record): only the pairs with a focus record on one side, from the
@@ -150,7 +164,7 @@ def rule_pairs(keys: np.ndarray, a: tuple[int, int], b: tuple[int, int], dedupe:
     if focus is not None and not focus_masked:
         # only the blocks holding a focus record (whole blocks: sizes stay the full sizes)
         keys = focus_keys(keys, focus)
-    sizes = block_sizes(keys, a, b, dedupe).filter(pl.col("pairs") > 0)
+    sizes = block_sizes(keys, a, b, dedupe, None if focus is not None else size_cache).filter(pl.col("pairs") > 0)
     skipped = 0
     if max_block_pairs:
         big = sizes["pairs"] > max_block_pairs

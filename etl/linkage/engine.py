@@ -393,7 +393,10 @@ def _train_m(rec, evals, spec, t, u, rng, m_start, cache, key, rerun: bool = Fal
                 continue
             G, _ = comparison_matrix(evals, li, ri, t)
             rf = T.fields_of_rule(sess.rule)
-            active = [j for j, ev in enumerate(evals) if not (set(ev.comp.columns) & rf)]
+            # a comparison on (or correlated with) a field the session blocks on
+            # carries no evidence there: the session's pairs all agree on it
+            active = [j for j, ev in enumerate(evals)
+                      if not ((set(ev.comp.columns) | set(ev.comp.options.get("depends_on", []))) & rf)]
             if not active:
                 continue
             P, cnt = T.patterns(G)
@@ -636,6 +639,7 @@ def _candidates(rec: Records, spec: LinkSpec, tasks, evals, det, rule_keys, labe
 
     # focus: only blocks holding a focus record (whole blocks, so sizes are the full sizes)
     fkeys = None if focus is None else [focus_keys(k, focus) for k in rule_keys]
+    size_cache: dict = {}
     for ti, t in enumerate(tasks):
         a, b = rec.offsets[t[0]], rec.offsets[t[1]]
         dedupe = t[0] == t[1]
@@ -680,7 +684,8 @@ def _candidates(rec: Records, spec: LinkSpec, tasks, evals, det, rule_keys, labe
             st = RuleStats(rule.name, spec.task_key(t))
             it, total, skipped = rule_pairs(keys if fkeys is None else fkeys[ri_], a, b, dedupe, chunk,
                                             max_block_pairs=rule.max_block_pairs or spec.max_block_pairs,
-                                            part=part, focus=focus, focus_masked=True)
+                                            part=part, focus=focus, focus_masked=True,
+                                            size_cache=size_cache)
             st.pairs = total
             st.skipped_blocks = skipped
             for li, ri in it:

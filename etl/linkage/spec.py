@@ -324,7 +324,16 @@ def _comparison(raw: Any, file: Path, key: str, sources: dict) -> Comparison:
         except (re.error, TypeError):
             raise _err("`pattern` is not a valid regular expression", file, key)
         options["pattern"] = raw["pattern"]
-    unknown = set(raw) - {"name", "kind", "field", "fields", "levels", "tasks", "m_start", "pattern", "description"}
+    dep = raw.get("depends_on")
+    if dep is not None:
+        # fields this comparison is correlated with (graduation year with date of
+        # birth): an EM session blocking on them neither estimates it nor uses it
+        dep = [dep] if isinstance(dep, str) else dep
+        if not (isinstance(dep, list) and dep and all(isinstance(x, str) for x in dep)):
+            raise _err("`depends_on` is a field name or a list of field names", file, key)
+        options["depends_on"] = list(dep)
+    unknown = set(raw) - {"name", "kind", "field", "fields", "levels", "tasks", "m_start", "pattern", "description",
+                          "depends_on"}
     if unknown:
         raise _err(f"unknown comparison key(s) {sorted(unknown)}", file, key)
     return Comparison(str(raw["name"]), kind, flds, levels, tasks, m_start, options)
