@@ -9,12 +9,14 @@ The restricted zone keeps a persistent linkage state between runs
                                (append-only parts; the latest row of a record wins)
     crosswalk.parquet          source, record_id -> person_id (the stable internal key), link_method,
                                link_probability, cluster_size: the clusters.parquet format
-                               link_probability
     pairs.parquet              accepted links (pairs.parquet columns) behind the current crosswalk
     model.json                 the trained model, reused for every increment
+    tf/<forename|surname|joint>.parquet  value counts behind the name comparison's term
+                               frequencies over every record (updated by each delta)
     history/part-<n>.parquet   one row per record event (init, new_person, join, rekey, merge, split),
                                status applied / held; append-only, one part per run
-    meta.json                  counts, key counter, per-task lambda basis, polars version
+    meta.json                  record and person counts, key counter, per-task lambda basis,
+                               polars version
 
     init_state(inputs, spec, state_dir, out_dir)            full link -> state
     link_incremental(new_inputs, state_dir, spec, out_dir)  delta -> clusters.parquet (stable keys)
@@ -199,14 +201,6 @@ def _tf_counts(tables: dict[str, pl.DataFrame] | None, spec) -> dict | None:
     if comp is None or tables is None:
         return None
     return {comp.name: {w: (t, int(t["len"].sum())) for w, t in tables.items()}}
-
-
-def _name_tf_counts(records: dict[str, pl.DataFrame], spec) -> dict | None:
-    """Global value counts for the name comparison's TF levels over all state records."""
-    comp = _name_tf_comp(spec)
-    if comp is None:
-        return None
-    return _tf_counts(_tf_tables(_name_tf_values(records.values(), comp)), spec)
 
 
 def _pairs_not_touching(pairs: pl.DataFrame, ids: pl.DataFrame) -> pl.DataFrame:
