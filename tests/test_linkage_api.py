@@ -123,6 +123,7 @@ def test_bad_model_files_raise_config_errors(tmp_path):
         ("transform: soundex", "transform: sndx", "unknown blocking transform"),
         ("threshold: 0.5", "threshold: 1.5", "probability"),
         ("tasks: [[a, b]]", "tasks: [[a, c]]", "unknown source"),
+        ("kind: date\n", "kind: date\n    depends_on: {x: 1}\n", "`depends_on` is a field name"),
     ]:
         assert old in base, old
         bad.write_text(base.replace(old, new, 1))

@@ -81,3 +81,21 @@ def test_connected_components_over_merge_where_constrained_clustering_does_not(l
     assert ours.filter(pl.col("source") == "training").group_by("person_id").len()["len"].max() == 1
     assert s["f1_overall"] <= linked["summary"]["f1_overall"]
     assert cl.height == ours.height
+
+
+def test_dob_session_holds_out_comparisons_that_depend_on_dob(linked):
+    """graduation_year declares depends_on: [date_of_birth]: the EM session blocked on
+    DOB neither estimates nor uses it (same-DOB doctors share a cohort; at 1M doctors
+    that session otherwise learned 'same cohort' as the match class)."""
+    model = json.loads((linked["out"] / "model.json").read_text())
+    dob = [s for s in model["training_sessions"] if s["rule"] == "date_of_birth"]
+    names = [s for s in model["training_sessions"] if s["rule"] != "date_of_birth"]
+    assert dob and names
+    for s in dob:
+        assert "graduation_year" in s["fixed"] and "date_of_birth" in s["fixed"]
+        assert "graduation_year" not in s["estimated"] and "name" in s["estimated"]
+    assert any("graduation_year" in s["estimated"] for s in names)
+    # and the trained model points the right way: names disagreeing is evidence against
+    for task in ("admission|training", "training|registration"):
+        name = {lv["level"]: lv["match_weight"] for lv in model["tasks"][task]["comparisons"]["name"]}
+        assert name["else"] < -5 < 5 < name["exact"]
