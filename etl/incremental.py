@@ -203,17 +203,30 @@ def _tf_counts(tables: dict[str, pl.DataFrame] | None, spec) -> dict | None:
     return {comp.name: {w: (t, int(t["len"].sum())) for w, t in tables.items()}}
 
 
-def _pairs_not_touching(pairs: pl.DataFrame, ids: pl.DataFrame) -> pl.DataFrame:
-    """`pairs` without those with a side in `ids` (source, record_id): record_id is_in
-    first (one hashed column), then the exact (source, record_id) check on those only."""
-    L = {"source": "source_l", "record_id": "record_id_l"}
-    R = {"source": "source_r", "record_id": "record_id_r"}
+_L = {"source": "source_l", "record_id": "record_id_l"}
+_R = {"source": "source_r", "record_id": "record_id_r"}
+
+
+def _pairs_near(pairs: pl.DataFrame, ids: pl.DataFrame) -> pl.DataFrame:
+    """The rows of `pairs` (with their row number `_i`) that may touch `ids` (source,
+    record_id): record_id is_in on either side, one hashed column; a superset, made exact
+    by the (source, record_id) joins of `_pairs_within` / `_pairs_not_touching`."""
     rid = ids["record_id"].implode()
-    cand = pairs.with_row_index("_i").filter(pl.col("record_id_l").is_in(rid) | pl.col("record_id_r").is_in(rid))
-    if cand.height == 0:
+    return pairs.with_row_index("_i").filter(pl.col("record_id_l").is_in(rid) | pl.col("record_id_r").is_in(rid))
+
+
+def _pairs_within(near: pl.DataFrame, ids: pl.DataFrame) -> pl.DataFrame:
+    """The pairs of `near` with both sides in `ids`."""
+    return (near.join(ids.rename(_L), on=list(_L.values()), how="semi")
+            .join(ids.rename(_R), on=list(_R.values()), how="semi").drop("_i"))
+
+
+def _pairs_not_touching(pairs: pl.DataFrame, near: pl.DataFrame, ids: pl.DataFrame) -> pl.DataFrame:
+    """`pairs` without those with a side in `ids` (`near` = `_pairs_near(pairs, ids)`)."""
+    if near.height == 0:
         return pairs
-    hit = pl.concat([cand.join(ids.rename(L), on=list(L.values()), how="semi")["_i"],
-                     cand.join(ids.rename(R), on=list(R.values()), how="semi")["_i"]]).to_numpy()
+    hit = pl.concat([near.join(ids.rename(_L), on=list(_L.values()), how="semi")["_i"],
+                     near.join(ids.rename(_R), on=list(_R.values()), how="semi")["_i"]]).to_numpy()
     keep = np.ones(pairs.height, bool)
     keep[hit] = False
     return pairs.filter(pl.Series(keep))
@@ -724,12 +737,9 @@ def _increment(new_inputs: dict[str, Path], state_dir: Path, spec, out_dir: Path
     # the state's accepted links: those between two old records of the subset are re-scored
     # as candidates; every link touching a record of those people is replaced by this run's
     pairs_old = f_pairs.result()
-    L = {"source": "source_l", "record_id": "record_id_l"}
-    R = {"source": "source_r", "record_id": "record_id_r"}
     ppl_ids = people.select("source", "record_id")
-    sub_old_ids = old_sub.select("source", "record_id")
-    fixed = (pairs_old.join(sub_old_ids.rename(L), on=list(L.values()), how="semi")
-             .join(sub_old_ids.rename(R), on=list(R.values()), how="semi"))
+    near = _pairs_near(pairs_old, ppl_ids)                 # old_sub is a part of people
+    fixed = _pairs_within(near, old_sub.select("source", "record_id"))
     lap("subset")
 
     # ---- population counts and name term frequencies after the delivery -------------------
@@ -751,7 +761,7 @@ def _increment(new_inputs: dict[str, Path], state_dir: Path, spec, out_dir: Path
         staged.append(st.stage("keys", dkeys))
         if tf_new is not None and tf_changed:
             staged += st.stage_tf(tf_new, tf_changed)
-        return (staged, _pairs_not_touching(pairs_old, ppl_ids),
+        return (staged, _pairs_not_touching(pairs_old, near, ppl_ids),
                 cw.filter(~pl.col("person_key").is_in(touched_keys.implode())))
 
     f_stage = bg.submit(stage)
