@@ -234,18 +234,37 @@ def focus_keys(keys: np.ndarray, focus: np.ndarray) -> np.ndarray:
 
 
 def drop_found(li: np.ndarray, ri: np.ndarray, earlier: list[np.ndarray],
-               found_sorted: np.ndarray | None, n: int) -> np.ndarray:
+               found_sorted: np.ndarray | None, n: int, eq_codes: list[np.ndarray] | None = None,
+               found_eq_sorted: np.ndarray | None = None) -> np.ndarray:
     """Mask of pairs NOT already produced by an earlier rule or in `found_sorted`
-    (sorted int64 codes l*n+r of pairs found outside blocking)."""
+    (sorted int64 codes l*n+r of pairs found outside blocking).
+
+    `found_eq_sorted`: found pairs whose two records share a code in one of
+    `eq_codes` (exact identifier pairs): only candidates sharing such a code are
+    looked up there (at 1M doctors: millions of identifier pairs, and a binary
+    search of each of ~60M candidates in them cost 12 s)."""
     keep = np.ones(li.size, bool)
     for k in earlier:
         kl = k[li]
         keep &= ~((kl != 0) & (kl == k[ri]))
+
+    def lookup(sorted_codes, sel):
+        idx = np.flatnonzero(sel)
+        if idx.size == 0:
+            return
+        code = li[idx].astype(np.int64) * n + ri[idx]
+        pos = np.searchsorted(sorted_codes, code)
+        pos[pos >= sorted_codes.size] = sorted_codes.size - 1
+        keep[idx[sorted_codes[pos] == code]] = False
+
     if found_sorted is not None and found_sorted.size:
-        code = li.astype(np.int64) * n + ri
-        pos = np.searchsorted(found_sorted, code)
-        pos[pos >= found_sorted.size] = found_sorted.size - 1
-        keep &= found_sorted[pos] != code
+        lookup(found_sorted, keep)
+    if found_eq_sorted is not None and found_eq_sorted.size:
+        same = np.zeros(li.size, bool)
+        for c in eq_codes or []:
+            cl = c[li]
+            same |= (cl != 0) & (cl == c[ri])
+        lookup(found_eq_sorted, keep & same)
     return keep
 
 

@@ -29,6 +29,7 @@ class DetPairs:
     ident: np.ndarray       # index into spec.identifiers
     task: np.ndarray        # index into tasks
     stats: list[dict]
+    id_codes: list = None   # per identifier: uint64 code per record (0 = none); exact pairs share one
 
 
 def _id_values(rec: Records, ident: Identifier) -> pl.Series:
@@ -118,6 +119,7 @@ def _levels_ok(evals: dict[str, Evaluator], wanted: dict[str, list[str]], li, ri
 def deterministic_pass(rec: Records, spec: LinkSpec, evals: dict[str, Evaluator],
                        tasks: list[tuple[str, str]]) -> DetPairs:
     L, R, M, I, T, stats = [], [], [], [], [], []
+    id_codes = []
     for ii, ident in enumerate(spec.identifiers):
         if ident.field not in rec.df.columns:
             continue
@@ -126,6 +128,7 @@ def deterministic_pass(rec: Records, spec: LinkSpec, evals: dict[str, Evaluator]
         codes = codes.astype(np.uint64)
         codes[codes == 0] = 1
         codes[vals.is_null().to_numpy()] = 0
+        id_codes.append(codes)
         typo_all = None
         for ti, task in enumerate(tasks):
             if ident.tasks is not None and task not in ident.tasks:
@@ -167,7 +170,7 @@ def deterministic_pass(rec: Records, spec: LinkSpec, evals: dict[str, Evaluator]
             stats.append(st)
     if not L:
         z = np.zeros(0, np.int32)
-        return DetPairs(z, z, z.astype(np.int8), z.astype(np.int8), z.astype(np.int8), stats)
+        return DetPairs(z, z, z.astype(np.int8), z.astype(np.int8), z.astype(np.int8), stats, id_codes)
     li, ri = np.concatenate(L).astype(np.int32), np.concatenate(R).astype(np.int32)
     m, i_, t = np.concatenate(M), np.concatenate(I), np.concatenate(T)
     # one row per pair: the first identifier / best method wins
@@ -176,4 +179,4 @@ def deterministic_pass(rec: Records, spec: LinkSpec, evals: dict[str, Evaluator]
     code, li, ri, m, i_, t = code[order], li[order], ri[order], m[order], i_[order], t[order]
     first = np.ones(code.size, bool)
     first[1:] = code[1:] != code[:-1]
-    return DetPairs(li[first], ri[first], m[first], i_[first], t[first], stats)
+    return DetPairs(li[first], ri[first], m[first], i_[first], t[first], stats, id_codes)

@@ -643,18 +643,27 @@ def _candidates(rec: Records, spec: LinkSpec, tasks, evals, det, rule_keys, labe
     for ti, t in enumerate(tasks):
         a, b = rec.offsets[t[0]], rec.offsets[t[1]]
         dedupe = t[0] == t[1]
-        if det is None:
-            found = [np.zeros(0, np.int64)]
-        else:
+        found = [np.zeros(0, np.int64)]
+        found_eq = np.zeros(0, np.int64)
+        eq_codes = None
+        if det is not None:
             dsel = det.task == ti
-            found = [np.sort(det.li[dsel].astype(np.int64) * n + det.ri[dsel])]
+            code = det.li[dsel].astype(np.int64) * n + det.ri[dsel]
+            if det.id_codes is not None:
+                # exact identifier pairs share a code: looked up only for candidates that do
+                exact = det.method[dsel] == 1
+                found_eq = np.sort(code[exact])
+                found.append(code[~exact])
+                eq_codes = det.id_codes
+            else:
+                found.append(code)
             add(det.li[dsel], det.ri[dsel], ti, 0, det.method[dsel])
         if labels is not None:
             lab = labels.filter(pl.col("task") == spec.task_key(t))
             if lab.height:
                 ll, lr = lab["gl"].to_numpy(), lab["gr"].to_numpy()
                 code = ll.astype(np.int64) * n + lr
-                new = ~np.isin(code, found[0])
+                new = ~np.isin(code, np.concatenate([found_eq] + found))
                 m = np.where(lab["label"].to_numpy()[new] == 1, 3, 0)
                 add(ll[new], lr[new], ti, 0, m)
                 found.append(code[new])
@@ -672,7 +681,7 @@ def _candidates(rec: Records, spec: LinkSpec, tasks, evals, det, rule_keys, labe
                     if f.height == 0:
                         continue
                     li, ri = f["li"].to_numpy(), f["ri"].to_numpy()
-                    keep = drop_found(li, ri, [], found_sorted, n)
+                    keep = drop_found(li, ri, [], found_sorted, n, eq_codes, found_eq)
                     Gb = np.stack([f[f"g{j}"].to_numpy() for j in range(len(evals))], axis=1)[keep]
                     tfb = {j: f[f"tf{j}"].to_numpy()[keep] for j in range(len(evals)) if f"tf{j}" in f.columns}
                     st.new_pairs += int(keep.sum())
@@ -692,7 +701,7 @@ def _candidates(rec: Records, spec: LinkSpec, tasks, evals, det, rule_keys, labe
                 if focus is not None:
                     sel = focus[li] | focus[ri]
                     li, ri = li[sel], ri[sel]
-                keep = drop_found(li, ri, rule_keys[:ri_], found_sorted, n)
+                keep = drop_found(li, ri, rule_keys[:ri_], found_sorted, n, eq_codes, found_eq)
                 li, ri = li[keep], ri[keep]
                 st.new_pairs += int(li.size)
                 add(li, ri, ti, ri_ + 1, 0)
