@@ -15,7 +15,7 @@ Derivation rules (documented in docs/analyst-guide.md as well):
 - demographics: `sex` and `date_of_birth` from training, else the latest
   admission row, else registration (legal record first);
 - SES fields (`ethnicity_code` ... `imd_nation`): per field, the value on the
-  latest admission cycle that has one;
+  latest admission cycle that has one (two rows in one cycle: the higher record_id);
 - `first_cycle_year` = min admission `cycle_year`; `n_admission_rows`;
 - `entry_year` from training, else the latest `placed` admission cycle;
   `age_at_entry` = completed years on 1 September of `entry_year`;
@@ -221,9 +221,12 @@ def _pair_links(pairs_path: Path | None, clusters: pl.LazyFrame) -> pl.LazyFrame
 
 def _admission_person(adm: pl.LazyFrame) -> pl.LazyFrame:
     # rows sorted by cycle once: within a group, agg keeps that order, so
-    # "latest non-null" is drop_nulls().last() without a per-group sort
+    # "latest non-null" is drop_nulls().last() without a per-group sort. record_id
+    # breaks ties (two applications of one person in one cycle): without it the
+    # (unstable, parallel) sort let a run pick either row's SES values (~20 of 1.6 M
+    # doctors differed between two runs on the same 1M input)
     placed = pl.col("outcome") == "placed"
-    return adm.sort("cycle_year", nulls_last=False).group_by("person_id").agg(
+    return adm.sort(["cycle_year", "record_id"], nulls_last=False).group_by("person_id").agg(
         pl.col("cycle_year").min().alias("first_cycle_year"),
         pl.len().alias("n_admission_rows"),
         *[pl.col(c).drop_nulls().last() for c in SES_FIELDS],
