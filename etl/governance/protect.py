@@ -191,7 +191,10 @@ def _release_events(e: pl.DataFrame, d: pl.DataFrame, rules: Rules, kres, mappin
     rel = rel.select(order)
     sort_cols = [c for c in (pid, rules.output_name("events", "event_date") if "event_date" in tr.fields else None,
                              etf) if c and c in rel.columns]
-    rel = rel.sort(sort_cols)
+    # the remaining columns break ties (one doctor, year and type with two details): the
+    # assembled events come in no fixed order, so without them two runs on the same input
+    # could order those rows differently (322 k such groups at 1M doctors)
+    rel = rel.sort(sort_cols + [c for c in rel.columns if c not in sort_cols])
     info = {"rows_in": sum(by_type_in.values()), "rows_released": rel.height,
             "held_back_by_type": {t: by_type_in.get(t, 0) for t in held},
             "released_by_type": {t: n for t, n in sorted(by_type_in.items()) if t not in held},
