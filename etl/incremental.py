@@ -786,6 +786,17 @@ def _increment(new_inputs: dict[str, Path], state_dir: Path, spec, out_dir: Path
     olds = a.filter(pl.col("old_key").is_not_null())
     merges, splits = _events(olds)
     spairs = pl.read_parquet(work / "link" / "pairs.parquet")
+    new_pairs = spairs.filter(pl.col("linked"))
+
+    def stage_pairs():
+        """Beside the key mapping: the new links file (kept + this run's), to a temporary file."""
+        _, kept, _ = f_stage.result()        # queued before this task: already done
+        p = st.path("pairs.parquet")
+        tmp = p.with_name(f".{p.name}.tmp")
+        pl.concat([kept, new_pairs], how="diagonal_relaxed").write_parquet(tmp, **_PQ)
+        return tmp, p
+
+    f_pairs_w = bg.submit(stage_pairs)
     for ev in merges + splits:
         recs = set(ev["records"]) if isinstance(ev["records"], list) else {
             r for v in ev["records"].values() for r in v}
@@ -808,7 +819,7 @@ def _increment(new_inputs: dict[str, Path], state_dir: Path, spec, out_dir: Path
     # ---- new state ----------------------------------------------------------------------
     # the subset holds every record of the people it touched (old_sub + changed), so the
     # crosswalk rows of those people are replaced and every other row is kept as it is
-    staged, old_pairs, cw_keep = f_stage.result()
+    staged, _, cw_keep = f_stage.result()
     cw_new = pl.concat([
         cw_keep,
         a.select("source", "record_id", pl.col("final").alias("person_key"), "link_method", "link_probability",
@@ -818,8 +829,6 @@ def _increment(new_inputs: dict[str, Path], state_dir: Path, spec, out_dir: Path
     cw_new = cw_new.with_columns(
         pl.col("person_key").replace_strict(sizes["final"], sizes["_n"].cast(pl.Int32),
                                             default=pl.col("cluster_size")).alias("cluster_size"))
-    new_pairs = spairs.filter(pl.col("linked"))
-    pairs_all = pl.concat([old_pairs, new_pairs], how="diagonal_relaxed")
     changed_rec = a.filter(pl.col("old_key").is_not_null() & (pl.col("old_key") != pl.col("final")))
     hist_rows = [
         newrec.select(pl.when(pl.col("final").is_in(existing_keys)).then(pl.lit("join"))
@@ -855,7 +864,8 @@ def _increment(new_inputs: dict[str, Path], state_dir: Path, spec, out_dir: Path
     out_dir.mkdir(parents=True, exist_ok=True)
     _write(cw_new.rename({"person_key": "person_id"}), st.path("crosswalk.parquet"))
     copies = [bg.submit(shutil.copyfile, st.path("crosswalk.parquet"), out_dir / "clusters.parquet")]
-    _write(pairs_all, st.path("pairs.parquet"))
+    tmp, final = f_pairs_w.result()
+    tmp.replace(final)
     copies.append(bg.submit(shutil.copyfile, st.path("pairs.parquet"), out_dir / "pairs.parquet"))
     st.append("history", hist_new)
     # people: those the subset did not touch keep their keys; the subset's keys are disjoint
