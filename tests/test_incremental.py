@@ -321,3 +321,18 @@ def test_link_stage_first_run_builds_state_then_increments(data, tmp_path):
                  Path(s1["pairs_path"]), tmp_path / "assembled")
     doctors = pl.read_parquet(tmp_path / "assembled" / "doctors.parquet")
     assert doctors.height == cl["person_id"].n_unique(), a
+
+
+def test_adopted_full_relink_keeps_state_consistent(data, yearly, tmp_path):
+    """relink_full(adopt=True) rewrites crosswalk, links and model; meta's counts and the TF
+    tables still describe the records, and the next increment runs on it."""
+    st_dir = tmp_path / "state"
+    shutil.copytree(yearly["state"], st_dir)
+    r = I.relink_full(st_dir, data["spec"], tmp_path / "full", adopt=True)
+    assert r["adopted"]
+    st = I.State(st_dir)
+    cw = pl.read_parquet(st.path("crosswalk.parquet"))
+    assert st.meta()["persons"] == cw["person_id"].n_unique()
+    assert _same_tables(st.tf_tables(), _recount_tf(st_dir, data["spec"]))
+    s = I.link_incremental(yearly["dels"][-1], st_dir, data["spec"], tmp_path / "resend")
+    assert s["new_records"] == 0 and s["unchanged_records"] > 0
