@@ -50,6 +50,13 @@ def _splink_frames(dataset: str, data: Path):
                                pl.concat_str([pl.col("forenames"), pl.col("surname")], separator=" ",
                                              ignore_nulls=True).str.split(" ").list.sort().list.join(" ")
                                .alias("name_tokens"))
+        if dataset == "people":
+            import jellyfish
+
+            fn = f["first_name"].unique().drop_nulls()
+            meta = pl.DataFrame({"first_name": fn, "fn_meta": [jellyfish.metaphone(x) for x in fn.to_list()]})
+            f = f.join(meta, on="first_name", how="left").with_columns(
+                pl.col("other_names").str.split(" ").list.first().alias("middle"))
         if "date_of_birth" in f.columns and f.schema["date_of_birth"] == pl.Date:
             f = f.with_columns(pl.col("date_of_birth").dt.year().alias("yob"),
                                pl.col("date_of_birth").dt.strftime("%m-%d").alias("month_day"))
@@ -62,7 +69,8 @@ def _splink_frames(dataset: str, data: Path):
     cols = {"febrl4": ["record_id", "first_name", "surname", "full_name", "name_tokens", "dob", "yob", "soc_sec_id",
                        "address_1", "street_number", "suburb", "postcode_au", "state", "sn_init", "fn_init"],
             "people": ["record_id", "first_name", "surname", "full_name", "name_tokens", "other_names",
-                       "date_of_birth", "yob", "month_day", "sex", "postcode", "sn_init", "fn_init"],
+                       "date_of_birth", "yob", "month_day", "sex", "postcode", "sn_init", "fn_init",
+                       "fn_meta", "middle"],
             "synth3": ["record_id", "first_name", "surname", "full_name", "name_tokens", "date_of_birth", "yob",
                        "month_day", "sex", "postcode", "medical_school", "graduation_year", "gmc_number",
                        "ucas_personal_id", "sn_init", "fn_init"]}[dataset]
@@ -115,6 +123,9 @@ def run_splink(dataset: str, data: Path, out: Path) -> dict:
         det_rules = [block_on("first_name", "surname", "date_of_birth")]
         em_rules = [block_on("date_of_birth"), block_on("first_name", "surname")]
         link_type, dup_free = "link_only", ["a", "b"]
+        if dataset == "people":       # people2.yaml's three rules for married women
+            rules += [block_on("postcode", "first_name"), block_on("date_of_birth", "middle"),
+                      block_on("date_of_birth", "fn_meta")]
         if dataset == "synth3":
             comparisons += [
                 cl.ExactMatch("medical_school"),
