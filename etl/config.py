@@ -36,6 +36,8 @@ SOURCE_KEYS = {"path", "format", "encoding", "delimiter", "contract", "columns",
 GOVERNANCE_KEYS = {"rules", "key_env", "key_file", "demo"}
 OUTPUT_KEYS = {"dir", "keep_runs"}
 QUALITY_KEYS = {"max_quarantine_share", "link_rate_bounds"}
+LINKAGE_MODES = ("full", "incremental")         # linkage.mode (read here; the engine never sees it)
+MERGE_POLICIES = ("apply", "hold")              # linkage.merge_policy (incremental only)
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,8 @@ class Config:
     quality: dict
     output_dir: Path
     raw: dict = field(repr=False)
+    linkage_mode: str = "full"              # full: link the delivery alone; incremental: onto the state
+    merge_policy: str = "apply"             # incremental: apply or hold merges / splits
 
     @property
     def restricted_dir(self) -> Path:
@@ -263,9 +267,20 @@ def load(path: str | Path, *, check_columns: bool = True) -> Config:
     linkage = raw.get("linkage") or {}
     if not isinstance(linkage, dict):
         raise _err(file, "linkage", "must be a mapping")
+    linkage = dict(linkage)          # mode and merge_policy are the pipeline's, not the engine's
+    mode = linkage.pop("mode", "full")
+    if mode not in LINKAGE_MODES:
+        raise _err(file, "linkage.mode", f"'{mode}' is not a linkage mode (one of {', '.join(LINKAGE_MODES)})")
+    policy = linkage.pop("merge_policy", None)
+    if policy is not None and mode != "incremental":
+        raise _err(file, "linkage.merge_policy", "only applies with linkage.mode: incremental")
+    if policy is not None and policy not in MERGE_POLICIES:
+        raise _err(file, "linkage.merge_policy",
+                   f"'{policy}' is not a merge policy (one of {', '.join(MERGE_POLICIES)})")
     cfg = Config(path=file.resolve(), delivery=str(raw.get("delivery") or file.stem),
                  sources=sources, linkage=linkage, governance=gov, quality=quality,
-                 output_dir=(base / out.get("dir", "out")).resolve(), raw=raw)
+                 output_dir=(base / out.get("dir", "out")).resolve(), raw=raw,
+                 linkage_mode=mode, merge_policy=policy or "apply")
     if check_columns:
         from etl.ingest import check_columns as _check
         for s in sources.values():
