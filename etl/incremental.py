@@ -31,10 +31,13 @@ are applied or held (`policy`) and listed with the pairs behind them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 import math
+import os
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -44,7 +47,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from etl.errors import ConfigError
+from etl.errors import ConfigError, MedlinkError
 
 STATE_VERSION = 1
 KEY_PREFIX = "K"
@@ -1022,34 +1025,162 @@ def split_by_year(std_paths: dict[str, Path], out_root: Path, bounds: list[int])
 
 # ----------------------------------------------------------------------------- pipeline stage
 
+STATE_NAME = "linkage_state"
+
+
+def state_id(state_dir: Path) -> str | None:
+    """Identity of a committed state (sha256 of its meta.json, which every commit rewrites),
+    None when there is none."""
+    p = Path(state_dir) / "meta.json"
+    return hashlib.sha256(p.read_bytes()).hexdigest()[:16] if p.is_file() else None
+
+
+def _link_or_copy(src, dst):
+    """Hard link a state file into a candidate (no state file is ever rewritten in place:
+    every write is a new file renamed over the old name), else copy it. An existing `dst`
+    is unlinked first: writing through it could rewrite a file it shares with the state."""
+    Path(dst).unlink(missing_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+    return dst
+
+
+def recover_state(restricted_dir: Path) -> None:
+    """A commit interrupted between its two renames leaves no live state and the previous
+    one under `.linkage_state.old-<run>`: put it back."""
+    live = Path(restricted_dir) / STATE_NAME
+    if live.exists():
+        return
+    olds = sorted(Path(restricted_dir).glob(f".{STATE_NAME}.old-*"), key=lambda p: p.stat().st_mtime)
+    if olds and State(olds[-1]).exists():
+        os.rename(olds[-1], live)
+
+
 def link_stage(cfg, run_id: str, ingest_summaries: list[dict], *, policy: str | None = None,
                truth: Path | None = None, progress=None) -> dict:
-    """Drop-in for `etl.pipeline.link` when deliveries are incremental: the first run builds
-    `<restricted>/linkage_state/` (full link), later runs link the delivery onto it. Reads
-    `linkage.merge_policy` (apply|hold; popped before the engine validates the section).
-    Returns the link summary plus clusters_path, pairs_path and `records_paths`: the whole
-    standardised history per source, which assemble must use instead of this delivery's
-    ingest paths (clusters.parquet covers every record linked so far)."""
+    """Drop-in for `etl.pipeline.link` when deliveries are incremental.
+
+    Links into a *candidate* state in the run directory (`<run>/linkage_state`): a fresh
+    state on the first run (`init_state`), else a hard-linked copy of the committed
+    `<restricted>/linkage_state/` that the delivery is linked onto (`link_incremental`).
+    The committed state is not touched: `commit_state` makes the candidate the state once
+    the release is published, so a run that fails later leaves the last good state.
+    Policy: `policy`, else `cfg.merge_policy` (config `linkage.merge_policy`), else apply.
+    Returns the link summary (counts) plus clusters_path, pairs_path, state_dir (the
+    candidate), state_base (the identity of the state it was built on), and
+    `records_paths`: the whole standardised history per source, which the later stages
+    (linked gate, assemble, leak-scan vocabulary, row accounting) use instead of this
+    delivery's ingest paths (clusters.parquet covers every record linked so far)."""
     from etl.linkage import load_spec
     from etl.pipeline import run_dir
 
     t0 = time.perf_counter()
     sec = dict(cfg.linkage or {})
-    policy = policy or sec.pop("merge_policy", "apply")
+    sec.pop("mode", None)
+    policy = policy or sec.pop("merge_policy", None) or getattr(cfg, "merge_policy", None) or "apply"
     sec.pop("merge_policy", None)
     spec = load_spec(sec, cfg.path.parent)
     inputs = {s["source"]: Path(s["path"]) for s in ingest_summaries}
-    out = run_dir(cfg, run_id) / "linkage"
-    state_dir = cfg.restricted_dir / "linkage_state"
-    if State(state_dir).exists():
-        summary = link_incremental(inputs, state_dir, spec, out, policy=policy, truth=truth, progress=progress)
+    rd = run_dir(cfg, run_id)
+    out = rd / "linkage"
+    recover_state(cfg.restricted_dir)
+    live = cfg.restricted_dir / STATE_NAME
+    cand = rd / STATE_NAME
+    if cand.exists():                 # this stage ran before in this run: start again from the state
+        shutil.rmtree(cand)
+    base = state_id(live) if State(live).exists() else None
+    if base is not None:
+        shutil.copytree(live, cand, copy_function=_link_or_copy,
+                        ignore=shutil.ignore_patterns(".*.tmp", "_tmp"))
+        summary = link_incremental(inputs, cand, spec, out, policy=policy, truth=truth, progress=progress)
+        summary["state"] = "incremented"
     else:
-        summary = init_state(inputs, spec, state_dir, out, truth=truth, progress=progress)
+        summary = init_state(inputs, spec, cand, out, truth=truth, progress=progress)
+        summary["records_total"] = summary["records"]
+        summary["persons_total"] = summary["persons"]
+        summary.update({"state": "initialised", "new_records": summary["records"], "changed_records": 0,
+                        "unchanged_records": 0, "merges": 0, "splits": 0, "held": 0, "policy": policy})
+    summary["mode"] = "incremental"
     summary["clusters_path"] = str(out / "clusters.parquet")
     summary["pairs_path"] = str(out / "pairs.parquet")
-    summary["records_paths"] = {s: str(p) for s, p in State(state_dir).snapshot(spec, out / "records").items()}
+    summary["state_dir"] = str(cand)
+    summary["state_base"] = base
+    # the history per source, as files of this run (the candidate moves when it is committed)
+    rec = out / "records"
+    shutil.rmtree(rec, ignore_errors=True)     # may hold links to state files: never write through them
+    rec.mkdir(parents=True)
+    paths = {}
+    for s, p in State(cand).snapshot(spec, rec).items():
+        if Path(p).parent != rec:
+            _link_or_copy(p, rec / f"{s}.parquet")
+            p = rec / f"{s}.parquet"
+        paths[s] = str(p)
+    summary["records_paths"] = paths
     summary.setdefault("seconds", round(time.perf_counter() - t0, 3))
     return summary
+
+
+@contextlib.contextmanager
+def state_lock(restricted_dir: Path, timeout: float = 60.0):
+    """Exclusive lock on the committed state (`<restricted>/.linkage_state.lock`): held from
+    the check that the state is still the one a run linked onto until its commit."""
+    import fcntl
+
+    Path(restricted_dir).mkdir(parents=True, exist_ok=True)
+    fd = os.open(Path(restricted_dir) / f".{STATE_NAME}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if time.monotonic() >= deadline:
+                    raise MedlinkError("another medlink run is committing the linkage state; "
+                                       "try again when it finishes", file=str(restricted_dir)) from None
+                time.sleep(0.2)
+        yield
+    finally:
+        os.close(fd)
+
+
+def check_state_base(restricted_dir: Path, link_summary: dict) -> None:
+    """Refuse to publish a run linked onto a state that is no longer the committed one
+    (another run committed in between)."""
+    live = Path(restricted_dir) / STATE_NAME
+    now = state_id(live) if State(live).exists() else None
+    if now != link_summary.get("state_base"):
+        raise MedlinkError("the linkage state changed after this run linked its delivery (another run "
+                           "committed); nothing was published: run the delivery again", file=str(live))
+    if not State(Path(link_summary["state_dir"])).exists():
+        raise MedlinkError("the run's linkage state candidate is missing; run the delivery again",
+                           file=str(link_summary["state_dir"]))
+
+
+def commit_state(restricted_dir: Path, link_summary: dict, run_id: str) -> dict:
+    """Make a run's candidate state the committed `<restricted>/linkage_state/`: two renames
+    (the old state aside, the candidate in), then the old state is removed; an interruption
+    between the renames is undone by `recover_state` at the next run."""
+    restricted_dir = Path(restricted_dir)
+    check_state_base(restricted_dir, link_summary)
+    live = restricted_dir / STATE_NAME
+    cand = Path(link_summary["state_dir"])
+    old = restricted_dir / f".{STATE_NAME}.old-{run_id}"
+    if live.exists():
+        os.rename(live, old)
+    os.rename(cand, live)
+    try:
+        fd = os.open(restricted_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+    shutil.rmtree(old, ignore_errors=True)
+    return {"state_dir": str(live), "state_id": state_id(live)}
 
 
 # ----------------------------------------------------------------------------- focused link

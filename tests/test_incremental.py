@@ -11,6 +11,7 @@ import polars as pl
 import pytest
 
 from etl import incremental as I
+from etl.errors import MedlinkError
 from etl.linkage import link, load_spec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -289,9 +290,10 @@ def test_state_without_tf_tables_and_leftover_temporaries(data, planted):
 
 
 def test_link_stage_first_run_builds_state_then_increments(data, tmp_path):
-    """The pipeline drop-in: the first run builds <restricted>/linkage_state, the next links
-    onto it (merge_policy read from the linkage section); the history it returns feeds
-    assemble."""
+    """The pipeline drop-in: the first run builds a candidate state, committed as
+    <restricted>/linkage_state (the pipeline commits after publishing); the next links onto
+    it (merge_policy read from the linkage section) without touching it until its own
+    commit; the history it returns feeds assemble."""
     import dataclasses
 
     from etl import config as cfgmod
@@ -301,9 +303,17 @@ def test_link_stage_first_run_builds_state_then_increments(data, tmp_path):
     cfg = dataclasses.replace(cfg, output_dir=tmp_path / "out", linkage={"merge_policy": "hold"})
     dels = I.split_by_year(data["std"], tmp_path / "deliveries", [2023])
     runs = []
+    live = cfg.restricted_dir / "linkage_state"
     for i, dl in enumerate(dels):
+        before = I.state_id(live)
         runs.append(I.link_stage(cfg, f"run-{i}", [{"source": s, "path": str(p)} for s, p in dl.items()]))
-    assert (cfg.restricted_dir / "linkage_state" / "meta.json").exists()
+        assert I.state_id(live) == before == runs[-1]["state_base"]      # linked into a candidate only
+        I.commit_state(cfg.restricted_dir, runs[-1], f"run-{i}")
+        assert I.state_id(live) is not None and I.state_id(live) != before
+        assert not Path(runs[-1]["state_dir"]).exists()
+    assert (live / "meta.json").exists()
+    with pytest.raises(MedlinkError):          # a run linked onto a replaced state is refused
+        I.check_state_base(cfg.restricted_dir, runs[0])
     s0, s1 = runs
     assert "persons" in s0 and s1["policy"] == "hold"
     n1 = sum(pl.read_parquet(p).height for p in dels[1].values())
