@@ -64,9 +64,24 @@ def cmd_link(a) -> int:
         ingests.append(ingest(src, out / "ingest" / f"{name}.parquet", out / "quarantine" / f"{name}.parquet",
                               max_quarantine_share=float(cfg.quality.get("max_quarantine_share", 0.5))))
     spec = load_spec(cfg.linkage, cfg.path.parent)
-    say("link")
-    summary = link({s["source"]: Path(s["path"]) for s in ingests}, spec, out,
-                   truth=Path(a.truth) if a.truth else None, progress=say)
+    inputs = {s["source"]: Path(s["path"]) for s in ingests}
+    truth = Path(a.truth) if a.truth else None
+    if a.incremental or cfg.linkage_mode == "incremental":
+        # the state lives in OUT/linkage_state: built by the first run, linked onto (and
+        # committed) by every later one; there is no release to wait for here
+        from etl.incremental import State, init_state, link_incremental
+        state_dir = out / "linkage_state"
+        if State(state_dir).exists():
+            say(f"link onto {state_dir} (merge policy {cfg.merge_policy})")
+            summary = link_incremental(inputs, state_dir, spec, out, policy=cfg.merge_policy, truth=truth,
+                                       progress=say)
+        else:
+            say(f"link and build {state_dir}")
+            summary = init_state(inputs, spec, state_dir, out, truth=truth, progress=say)
+        summary["state_dir"] = str(state_dir)
+    else:
+        say("link")
+        summary = link(inputs, spec, out, truth=truth, progress=say)
     summary["ingest"] = [{k: s[k] for k in ("source", "rows_in", "rows_ingested", "rows_quarantined")}
                          for s in ingests]
     print(json.dumps(summary, indent=2, default=str))
@@ -98,6 +113,17 @@ def _print_run_summary(s: dict) -> None:
     if link:
         keys = [k for k in ("pairs_scored", "links", "clusters", "persons") if k in link]
         print("  linkage: " + ", ".join(f"{k} {link[k]:,}" for k in keys if isinstance(link[k], int)))
+    if link.get("mode") == "incremental":
+        inc = [k for k in ("new_records", "changed_records", "unchanged_records", "joined_existing", "new_persons",
+                           "merges", "splits", "held", "persons_total") if isinstance(link.get(k), int)]
+        print(f"  incremental ({link.get('state')}, merge policy {link.get('policy')}): "
+              + ", ".join(f"{k.replace('_', ' ')} {link[k]:,}" for k in inc))
+    acc = (s.get("publish") or {}).get("delivery_accounting") or {}
+    if acc:
+        n = {k: (f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v)) for k, v in acc.items()}
+        print(f"  this delivery: rows {n.get('rows_in')}, quarantined {n.get('quarantined')}, "
+              f"in clusters {n.get('in_clusters')}, records published {n.get('records_published')}, "
+              f"reconciled {n.get('reconciled')}")
     pub = s.get("publish") or {}
     if pub:
         print(f"  release: {pub.get('release_dir')}")
@@ -159,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--config", required=True, help="delivery config YAML")
     k.add_argument("--out", required=True, help="output directory (restricted zone)")
     k.add_argument("--truth", help="optional ground truth (source, record_id, person_id) for accuracy figures")
+    k.add_argument("--incremental", action="store_true",
+                   help="link onto the linkage state in OUT/linkage_state (built by the first run), "
+                        "as with linkage.mode: incremental in the config")
     k.add_argument("--quiet", action="store_true")
     k.set_defaults(func=cmd_link)
 

@@ -7,6 +7,12 @@ without Prefect (tests, `medlink run --no-prefect`).
 
     ingest (per source) ─ raw gate ─ link ─ linked gate ─ assemble ─ protect
     ─ release gate ─ report ─ publish
+
+With `linkage.mode: incremental` the link stage links the delivery onto the
+linkage state (etl.incremental.link_stage) and returns `records_paths`, the
+whole standardised history: every later stage that reads records (linked gate,
+assemble, the leak scanner's vocabulary, row accounting) reads those, and
+publish commits the run's state only after the release is in place.
 """
 
 from __future__ import annotations
@@ -81,10 +87,27 @@ def raw_gate(cfg: Config, source: str, run_id: str, ingest_summary: dict) -> dic
     return _timed({"gate": suite, **res.to_dict()}, t0)
 
 
+def incremental(cfg: Config) -> bool:
+    return getattr(cfg, "linkage_mode", "full") == "incremental"
+
+
+def linked_records(ingest_summaries: list[dict], link_summary: dict | None) -> dict[str, Path]:
+    """The standardised records the link's clusters cover, per source: this delivery's
+    ingest files, or in incremental mode the whole history (`records_paths`)."""
+    rp = (link_summary or {}).get("records_paths")
+    if rp:
+        return {s: Path(p) for s, p in rp.items()}
+    return {s["source"]: Path(s["path"]) for s in ingest_summaries}
+
+
 def link(cfg: Config, run_id: str, ingest_summaries: list[dict], truth: Path | None = None,
          progress: Callable[[str], None] | None = None) -> dict:
     from etl.linkage import link as _link, load_spec
     t0 = time.perf_counter()
+    if incremental(cfg):
+        from etl.incremental import link_stage
+        return _timed(link_stage(cfg, run_id, ingest_summaries, policy=cfg.merge_policy, truth=truth,
+                                 progress=progress), t0)
     spec = load_spec(cfg.linkage, cfg.path.parent)
     inputs = {s["source"]: Path(s["path"]) for s in ingest_summaries}
     out = run_dir(cfg, run_id) / "linkage"
@@ -99,7 +122,8 @@ def linked_gate(cfg: Config, run_id: str, ingest_summaries: list[dict], link_sum
     from etl.quality import run_gate
     from etl.quality.linked import linked_frame
     t0 = time.perf_counter()
-    frame = linked_frame([Path(s["path"]) for s in ingest_summaries], Path(link_summary["clusters_path"]))
+    frame = linked_frame(list(linked_records(ingest_summaries, link_summary).values()),
+                         Path(link_summary["clusters_path"]))
     res = run_gate(["linked"], frame, docs_dir=run_dir(cfg, run_id) / "data_docs",
                    params=cfg.quality.get("link_rate_bounds") or {}, data_asset_name="linked")
     res.raise_for_failure()
@@ -110,8 +134,11 @@ def assemble(cfg: Config, run_id: str, ingest_summaries: list[dict], link_summar
     from etl.assemble import assemble as _assemble
     t0 = time.perf_counter()
     out = run_dir(cfg, run_id) / "assembled"
-    return _timed(_assemble({s["source"]: Path(s["path"]) for s in ingest_summaries},
-                            Path(link_summary["clusters_path"]), Path(link_summary["pairs_path"]), out), t0)
+    summary = _assemble(linked_records(ingest_summaries, link_summary),
+                        Path(link_summary["clusters_path"]), Path(link_summary["pairs_path"]), out)
+    if link_summary.get("records_paths"):      # incremental: protect scans for the history's names
+        summary["records_paths"] = dict(link_summary["records_paths"])
+    return _timed(summary, t0)
 
 
 def protect(cfg: Config, run_id: str, assemble_summary: dict, ingest_summaries: list[dict]) -> dict:
@@ -123,7 +150,8 @@ def protect(cfg: Config, run_id: str, assemble_summary: dict, ingest_summaries: 
                    key_file=cfg.governance.get("key_file"), demo=bool(cfg.governance.get("demo")))
     stage = staging_dir(cfg, run_id)
     stage.mkdir(parents=True, exist_ok=True)
-    vocab = input_vocab([Path(s["path"]) for s in ingest_summaries])
+    vocab = input_vocab([Path(p) for p in (assemble_summary.get("records_paths")
+                                           or {s["source"]: s["path"] for s in ingest_summaries}).values()])
     summary = _protect(Path(assemble_summary["doctors_path"]), Path(assemble_summary["events_path"]),
                        rules, key, stage, cfg.restricted_dir, release_id=run_id,
                        previous_release_dir=current_release(cfg.releases_dir), input_vocab=vocab,
@@ -185,7 +213,59 @@ def release_gate(cfg: Config, run_id: str, protect_summary: dict) -> dict:
 def publish(cfg: Config, run_id: str, summaries: dict) -> dict:
     from etl.publish import publish as _publish
     t0 = time.perf_counter()
-    return _timed(_publish(staging_dir(cfg, run_id), cfg, run_id, summaries), t0)
+    link_summary = summaries.get("link") or {}
+    if link_summary.get("mode") != "incremental":
+        return _timed(_publish(staging_dir(cfg, run_id), cfg, run_id, summaries), t0)
+    from etl.incremental import check_state_base, commit_state, state_lock
+    accounting = delivery_accounting(cfg, run_id, summaries)
+    with state_lock(cfg.restricted_dir):
+        check_state_base(cfg.restricted_dir, link_summary)
+        out = _publish(staging_dir(cfg, run_id), cfg, run_id, release_basis(summaries))
+        out["linkage_state"] = commit_state(cfg.restricted_dir, link_summary, run_id)
+    out["delivery_accounting"] = accounting
+    return _timed(out, t0)
+
+
+def delivery_accounting(cfg: Config, run_id: str, summaries: dict) -> dict:
+    """Incremental runs: where every row of THIS delivery went (delivered = quarantined +
+    ingested; every ingested record in exactly one person of the history's clusters; records
+    whose person is published). `etl.quality.reconcile` raises GateFailed when a row is lost.
+    Written into the staging directory as `row_accounting_delivery.parquet` (so the release
+    carries it) and returned as counts (the `all` row)."""
+    import polars as pl
+    from etl.quality.reconcile import reconcile
+    ingests = summaries.get("ingest") or []
+    link_summary = summaries["link"]
+    ids = pl.concat([pl.read_parquet(s["path"], columns=["record_id"]).select(
+        pl.lit(s["source"]).alias("source"), pl.col("record_id").cast(pl.String)) for s in ingests])
+    cl = pl.read_parquet(link_summary["clusters_path"], columns=["source", "record_id", "person_id"]).select(
+        pl.col("source").cast(pl.String), pl.col("record_id").cast(pl.String), "person_id")
+    mine = cl.join(ids, on=["source", "record_id"], how="semi")
+    cw = cfg.restricted_dir / "crosswalk.parquet"     # protect's rows of this release: the published persons
+    published = (pl.scan_parquet(cw).filter(pl.col("release_id") == run_id).select("person_id").unique().collect()
+                 if cw.is_file() else None)
+    table = reconcile(ingests, mine, None, published_persons=published)
+    from etl.publish import write_parquet
+    write_parquet(table, staging_dir(cfg, run_id) / "row_accounting_delivery.parquet")
+    total = table.filter(pl.col("source") == "all").row(0, named=True)
+    return {k: total[k] for k in ("rows_in", "quarantined", "ingested", "in_clusters", "records_published",
+                                  "reconciled")}
+
+
+def release_basis(summaries: dict) -> dict:
+    """Incremental runs: the summaries publish writes the release's row accounting and
+    manifest inputs from. The release holds every person of the linked history, so its
+    inputs are the history's records per source (what the clusters cover); the
+    delivery's own files and counts are in `row_accounting_delivery.parquet`, the
+    governance report's input checksums and the run summary."""
+    from etl.hashing import sha256_file
+    import polars as pl
+    basis = []
+    for s, p in summaries["link"]["records_paths"].items():
+        n = pl.scan_parquet(p).select(pl.len()).collect().item()
+        basis.append({"source": s, "file": f"linkage_state/records/{s}", "sha256": sha256_file(Path(p)),
+                      "rows_in": n, "rows_ingested": n, "rows_quarantined": 0, "path": p})
+    return {**summaries, "ingest": basis}
 
 
 def report(cfg: Config, run_id: str) -> dict:

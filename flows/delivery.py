@@ -329,6 +329,11 @@ def publish_artifacts(out: dict, cfg: Config, status: str, error: str | None = N
 def _context(cfg: Config, config_path: str, run_id: str | None, truth: str | None,
              dask_address: str | None, dask_workers: int | None) -> dict:
     fp = resume.run_fingerprint(cfg, Path(truth) if truth else None)
+    if pipeline.incremental(cfg):
+        # the link depends on the committed linkage state too: a run linked onto a state
+        # that another run has since replaced is not resumed (publish would refuse it)
+        from etl.incremental import STATE_NAME, state_id
+        fp = {**fp, "digest": resume.digest([fp["digest"], state_id(cfg.restricted_dir / STATE_NAME)])}
     runs_dir = cfg.restricted_dir / "runs"
     resumed_from = None
     if run_id is None:
@@ -367,11 +372,14 @@ def medlink_delivery(config_path: str, run_id: str | None = None, truth: str | N
         stage = "raw_gate"
         out["raw_gate"] = [f.result() for f in gate_f]
         stage = "link"
-        lk = block_api() if (dask_address or dask_workers) else None
+        # incremental linkage links a small subset in one task: no Dask fan-out
+        lk = block_api() if (dask_address or dask_workers) and not pipeline.incremental(cfg) else None
         if lk is not None:
             out["link"] = link_blocks_task(ctx, out["ingest"])
         else:
-            if dask_address or dask_workers:
+            if (dask_address or dask_workers) and pipeline.incremental(cfg):
+                logger.warning("Dask configured, but incremental linkage links in one task")
+            elif dask_address or dask_workers:
                 logger.warning("Dask configured but etl.linkage has no block API yet; linking in one task")
             out["link"] = link_task(ctx, out["ingest"])
         stage = "linked_gate"
