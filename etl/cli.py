@@ -111,8 +111,9 @@ def _print_run_summary(s: dict) -> None:
               f"quarantined {i['rows_quarantined']:>7,}")
     link = s.get("link") or {}
     if link:
-        keys = [k for k in ("pairs_scored", "links", "clusters", "persons") if k in link]
-        print("  linkage: " + ", ".join(f"{k} {link[k]:,}" for k in keys if isinstance(link[k], int)))
+        keys = [k for k in ("pairs_scored", "links", "clusters", "persons") if isinstance(link.get(k), int)]
+        if keys:
+            print("  linkage: " + ", ".join(f"{k} {link[k]:,}" for k in keys))
     if link.get("mode") == "incremental":
         inc = [k for k in ("new_records", "changed_records", "unchanged_records", "joined_existing", "new_persons",
                            "merges", "splits", "held", "persons_total") if isinstance(link.get(k), int)]
