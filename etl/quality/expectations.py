@@ -124,9 +124,16 @@ def _kind(column: pd.Series) -> str:
 
 def _on_distinct(column: pd.Series, fn) -> np.ndarray:
     """Apply `fn` (Series[str] -> bool array) to the distinct values, map back to rows."""
-    codes, uniques = pd.factorize(column, use_na_sentinel=True)
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        # the codes are already a factorisation (categories may include unused values,
+        # whose flags no row reads)
+        codes, uniques = column.cat.codes.to_numpy(), column.cat.categories
+    else:
+        codes, uniques = pd.factorize(column, use_na_sentinel=True)
     text = pd.Series(uniques, dtype=object).map(str)
     flags = np.asarray(fn(text), dtype=bool)
+    if len(codes) and codes.min() >= 0:      # GX has removed the nulls: every row has a code
+        return flags[codes]
     out = np.zeros(len(column), dtype=bool)
     known = codes >= 0
     out[known] = flags[codes[known]]
