@@ -54,20 +54,23 @@ def _typo_pairs_all(vals: pl.Series, block: np.ndarray | None = None) -> tuple[n
     if uniq.height < 2:
         return np.zeros(0, np.int32), np.zeros(0, np.int32)
     maxlen = int(uniq["n"].max())
-    dels = pl.concat([uniq.filter(pl.col("n") > i).select(
-        "v", "b", pl.lit(i, pl.Int16).alias("pos"),
-        pl.concat_str([pl.col("v").str.slice(0, i), pl.col("v").str.slice(i + 1)]).alias("d"), "n")
-        for i in range(maxlen)])
-    sub = dels.join(dels, on=["d", "pos", "n", "b"], how="inner", suffix="_r") \
-        .filter(pl.col("v") < pl.col("v_r")).select("v", "v_r", "b")
-    swaps = pl.concat([uniq.filter(pl.col("n") > i + 1).select(
-        "v", "b", pl.concat_str([pl.col("v").str.slice(0, i), pl.col("v").str.slice(i + 1, 1),
-                                 pl.col("v").str.slice(i, 1), pl.col("v").str.slice(i + 2)]).alias("w"))
-        for i in range(maxlen - 1)])
-    sw = swaps.join(uniq.select(pl.col("v").alias("w"), "b"), on=["w", "b"], how="inner") \
-        .filter(pl.col("v") != pl.col("w")) \
-        .select(pl.min_horizontal("v", "w").alias("v"), pl.max_horizontal("v", "w").alias("v_r"), "b")
-    vp = pl.concat([sub, sw]).unique()
+    # one deletion position / one transposition at a time: all positions at once held
+    # ~12M strings and their join at 1M doctors (the link stage's 6 GiB peak)
+    parts = []
+    for i in range(maxlen):
+        dels = uniq.filter(pl.col("n") > i).select(
+            "v", "b", "n", pl.concat_str([pl.col("v").str.slice(0, i), pl.col("v").str.slice(i + 1)]).alias("d"))
+        parts.append(dels.join(dels, on=["d", "n", "b"], how="inner", suffix="_r")
+                     .filter(pl.col("v") < pl.col("v_r")).select("v", "v_r", "b"))
+        if i < maxlen - 1:
+            swaps = uniq.filter(pl.col("n") > i + 1).select(
+                "v", "b", pl.concat_str([pl.col("v").str.slice(0, i), pl.col("v").str.slice(i + 1, 1),
+                                         pl.col("v").str.slice(i, 1), pl.col("v").str.slice(i + 2)]).alias("w"))
+            parts.append(swaps.join(uniq.select(pl.col("v").alias("w"), "b"), on=["w", "b"], how="inner")
+                         .filter(pl.col("v") != pl.col("w"))
+                         .select(pl.min_horizontal("v", "w").alias("v"), pl.max_horizontal("v", "w").alias("v_r"),
+                                 "b"))
+    vp = pl.concat(parts).unique()
     pairs = vp.join(recs, on=["v", "b"]).join(recs.rename({"v": "v_r", "g": "g_r"}), on=["v_r", "b"])
     li, ri = pairs["g"].to_numpy(), pairs["g_r"].to_numpy()
     return np.minimum(li, ri).astype(np.int32), np.maximum(li, ri).astype(np.int32)

@@ -149,7 +149,15 @@ def link(inputs: dict[str, Path], spec: LinkSpec, out_dir: Path, truth: Path | N
 
     # ---- candidate pairs (levels do not depend on the model) ----------------------
     rule_names = ["deterministic"] + [r.name for r in spec.blocking]
-    rule_keys = [record_keys(rec, r) for r in spec.blocking]
+    # the per-part key strings (4.4M records x ~20 parts at 1M doctors, ~3 GiB) are
+    # only needed to hash the rules' keys: each is dropped after the last rule using it
+    # (a training session re-derives its own few)
+    rule_keys = []
+    for i, r in enumerate(spec.blocking):
+        rule_keys.append(record_keys(rec, r))
+        later = {f"blockpart:{k.describe()}" for r2 in spec.blocking[i + 1:] for k in r2.keys}
+        for k in [k for k in rec._cache if isinstance(k, str) and k.startswith("blockpart:") and k not in later]:
+            del rec._cache[k]
     lap("blocking_keys")
     cand, rule_stats = _candidates(rec, spec, tasks, evals, det, rule_keys, labels,
                                    blocks=[Path(p) for p in scored_blocks] if scored_blocks else None,

@@ -80,13 +80,28 @@ def _pair_frame(rec: Records, sc, spec: LinkSpec, tasks, idx: np.ndarray) -> pl.
     return pl.DataFrame(cols + _level_series(spec, sc.G[idx]))
 
 
-def write_pairs(out_dir: Path, rec: Records, sc, spec: LinkSpec, tasks, cl: ClusterResult) -> None:
-    idx = np.arange(sc.li.size)
-    df = _pair_frame(rec, sc, spec, tasks, idx).with_columns(
-        pl.Series("linked", cl.accepted),
-        pl.Series("same_person", cl.labels[sc.li] == cl.labels[sc.ri]),
-    )
-    df.write_parquet(out_dir / "pairs.parquet", compression="zstd")
+def write_pairs(out_dir: Path, rec: Records, sc, spec: LinkSpec, tasks, cl: ClusterResult,
+                chunk: int = 2_000_000) -> None:
+    """pairs.parquet written a chunk of pairs at a time (one row group each): the
+    whole frame of 13M pairs with their record ids was the link stage's memory peak
+    at 1M doctors."""
+    import pyarrow.parquet as pq
+
+    writer = None
+    try:
+        for lo in range(0, max(sc.li.size, 1), chunk):
+            idx = np.arange(lo, min(lo + chunk, sc.li.size))
+            df = _pair_frame(rec, sc, spec, tasks, idx).with_columns(
+                pl.Series("linked", cl.accepted[idx]),
+                pl.Series("same_person", cl.labels[sc.li[idx]] == cl.labels[sc.ri[idx]]),
+            )
+            t = df.to_arrow()
+            if writer is None:
+                writer = pq.ParquetWriter(out_dir / "pairs.parquet", t.schema, compression="zstd")
+            writer.write_table(t)
+    finally:
+        if writer is not None:
+            writer.close()
 
 
 def write_review(out_dir: Path, rec: Records, sc, spec: LinkSpec, tasks) -> int:
