@@ -31,7 +31,6 @@ are applied or held (`policy`) and listed with the pairs behind them.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -1122,28 +1121,14 @@ def link_stage(cfg, run_id: str, ingest_summaries: list[dict], *, policy: str | 
     return summary
 
 
-@contextlib.contextmanager
 def state_lock(restricted_dir: Path, timeout: float = 60.0):
     """Exclusive lock on the committed state (`<restricted>/.linkage_state.lock`): held from
     the check that the state is still the one a run linked onto until its commit."""
-    import fcntl
+    from etl.locks import file_lock
 
-    Path(restricted_dir).mkdir(parents=True, exist_ok=True)
-    fd = os.open(Path(restricted_dir) / f".{STATE_NAME}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError:
-                if time.monotonic() >= deadline:
-                    raise MedlinkError("another medlink run is committing the linkage state; "
-                                       "try again when it finishes", file=str(restricted_dir)) from None
-                time.sleep(0.2)
-        yield
-    finally:
-        os.close(fd)
+    return file_lock(Path(restricted_dir) / f".{STATE_NAME}.lock", timeout,
+                     "another medlink run is committing the linkage state; try again when it finishes",
+                     file=str(restricted_dir))
 
 
 def check_state_base(restricted_dir: Path, link_summary: dict) -> None:

@@ -35,12 +35,9 @@ column to know about for no gain (predicate pushdown on the sorted
 from __future__ import annotations
 
 import datetime as dt
-import errno
-import fcntl
 import json
 import os
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -375,36 +372,11 @@ def build_manifest(staging: Path, cfg, run_id: str, summaries: dict) -> dict:
 
 # --------------------------------------------------------------------------- lock
 
-class _Lock:
-    def __init__(self, releases_dir: Path, timeout: float):
-        self.path = Path(releases_dir) / LOCK
-        self.dir = Path(releases_dir)
-        self.timeout = timeout
-        self.fd: int | None = None
+def _lock(releases_dir: Path, timeout: float):
+    from etl.locks import file_lock
 
-    def __enter__(self):
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        deadline = time.monotonic() + self.timeout
-        while True:
-            try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return self
-            except OSError as e:
-                if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                    raise
-                if time.monotonic() >= deadline:
-                    os.close(self.fd)
-                    self.fd = None
-                    raise MedlinkError(f"another medlink run is publishing to {self.dir}; "
-                                       "try again when it finishes") from None
-                time.sleep(min(0.2, max(0.01, deadline - time.monotonic())))
-
-    def __exit__(self, *exc):
-        if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
-        return False
+    return file_lock(Path(releases_dir) / LOCK, timeout, f"another medlink run is publishing to {releases_dir}; "
+                     "try again when it finishes", mode=0o644)
 
 
 # --------------------------------------------------------------------------- publish
@@ -441,7 +413,7 @@ def publish(staging: Path, cfg, run_id: str, summaries: dict, *,
     for d in sorted({p.parent for p in staging.rglob("*")} | {staging}, key=lambda x: -len(x.parts)):
         _fsync_dir(d)
 
-    with _Lock(releases, lock_timeout):
+    with _lock(releases, lock_timeout):
         if final.exists():
             raise MedlinkError(f"release {final} already exists; a release is never overwritten")
         os.rename(staging, final)

@@ -147,3 +147,41 @@ def test_demo_release_is_labelled(tmp_path, no_key_env):
     assert r["demo"] is True and r["key"]["demo"] is True
     html = Path(s["report_html"]).read_text()
     assert "DEMO RELEASE" in html and "(DEMO)" in html
+
+
+def test_concurrent_crosswalk_writes_keep_every_release(tmp_path):
+    """Several runs adding their release's rows to the restricted crosswalk at once:
+    each read-add-write holds a lock and uses its own temporary file, so no run fails
+    on a renamed-away temporary and no release's rows are lost (a clean-clone CI run
+    once lost a concurrent run to exactly that race)."""
+    import threading
+
+    import polars as pl
+
+    from etl.governance.protect import _write_crosswalk
+
+    rules = load_rules("profile_a")
+    pid = rules.pseudonym_output
+    errors: list[BaseException] = []
+
+    def one(i: int) -> None:
+        try:
+            for j in range(5):
+                mapping = pl.DataFrame({"person_id": [f"p{i}-{k}" for k in range(50)],
+                                        "person_key": [f"k{i}-{k}" for k in range(50)],
+                                        pid: [f"t{i}-{j}-{k}" for k in range(50)]})
+                events = pl.DataFrame({"source": ["training"] * 50, "record_id": [f"r{i}-{k}" for k in range(50)],
+                                       "person_id": [f"p{i}-{k}" for k in range(50)]})
+                _write_crosswalk(events, mapping, rules, f"release-{i}-{j}", tmp_path)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    cw = pl.read_parquet(tmp_path / "crosswalk.parquet")
+    assert cw["release_id"].n_unique() == 20 and cw.height == 20 * 50
+    assert not list(tmp_path.glob(".crosswalk.parquet*.tmp"))

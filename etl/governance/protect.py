@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -58,7 +59,8 @@ def git_commit() -> dict:
 
 
 def _write_parquet(df: pl.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    # per process: two runs at once must not share (and rename away) one temporary file
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     df.write_parquet(tmp, **PARQUET_OPTS)
     tmp.replace(path)
 
@@ -122,10 +124,17 @@ def _write_crosswalk(events: pl.DataFrame, mapping: pl.DataFrame, rules: Rules, 
                                                              "release_id")] + [pl.col(pid).alias("doctor_pid")])
     restricted_dir.mkdir(parents=True, exist_ok=True)
     path = restricted_dir / "crosswalk.parquet"
-    if path.exists():
-        old = pl.read_parquet(path).filter(pl.col("release_id") != release_id)
-        rows = pl.concat([old, rows], how="vertical_relaxed")
-    _write_parquet(rows, path)
+    from etl.locks import file_lock
+
+    # read, add this release's rows, write back: one run at a time, or two concurrent
+    # runs would each drop the other's rows (and raced on one temporary file)
+    with file_lock(restricted_dir / ".crosswalk.lock", 600,
+                   "another medlink run is writing the restricted crosswalk; try again when it finishes",
+                   file=str(path)):
+        if path.exists():
+            old = pl.read_parquet(path).filter(pl.col("release_id") != release_id)
+            rows = pl.concat([old, rows], how="vertical_relaxed")
+        _write_parquet(rows, path)
     return {"path": str(path), "rows": rows.height, "releases": rows.get_column("release_id").n_unique()}
 
 
