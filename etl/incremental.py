@@ -108,7 +108,7 @@ def _rule_cols(spec) -> list[str]:
 
 def _block_keys(inputs: dict[str, Path], spec) -> pl.DataFrame:
     """source, record_id, k<i> (uint64 blocking key of rule i; 0 = does not block)."""
-    from etl.linkage.blocking import record_keys
+    from etl.linkage.blocking import all_record_keys
     from etl.linkage.records import Records
 
     present = {s: p for s, p in inputs.items()}
@@ -118,8 +118,8 @@ def _block_keys(inputs: dict[str, Path], spec) -> pl.DataFrame:
     rec = Records.load(present, list(spec.sources), spec.needed_columns(), set())
     cols = {"source": pl.Series(np.array(rec.sources, dtype=object)[rec.src], dtype=pl.String),
             "record_id": rec.df["record_id"]}
-    for i, rule in enumerate(spec.blocking):
-        cols[f"k{i}"] = pl.Series(record_keys(rec, rule), dtype=pl.UInt64)
+    for i, keys in enumerate(all_record_keys(rec, spec.blocking)):
+        cols[f"k{i}"] = pl.Series(keys, dtype=pl.UInt64)
     return pl.DataFrame(cols)
 
 
@@ -1066,7 +1066,7 @@ def link_stage(cfg, run_id: str, ingest_summaries: list[dict], *, policy: str | 
     `<restricted>/linkage_state/` that the delivery is linked onto (`link_incremental`).
     The committed state is not touched: `commit_state` makes the candidate the state once
     the release is published, so a run that fails later leaves the last good state.
-    Policy: `policy`, else `cfg.merge_policy` (config `linkage.merge_policy`), else apply.
+    Policy: `policy`, else `cfg.merge_policy` (config `linkage.merge_policy`, default apply).
     Returns the link summary (counts) plus clusters_path, pairs_path, state_dir (the
     candidate), state_base (the identity of the state it was built on), and
     `records_paths`: the whole standardised history per source, which the later stages
@@ -1076,11 +1076,8 @@ def link_stage(cfg, run_id: str, ingest_summaries: list[dict], *, policy: str | 
     from etl.pipeline import run_dir
 
     t0 = time.perf_counter()
-    sec = dict(cfg.linkage or {})
-    sec.pop("mode", None)
-    policy = policy or sec.pop("merge_policy", None) or getattr(cfg, "merge_policy", None) or "apply"
-    sec.pop("merge_policy", None)
-    spec = load_spec(sec, cfg.path.parent)
+    policy = policy or cfg.merge_policy           # etl.config took mode / merge_policy out of cfg.linkage
+    spec = load_spec(cfg.linkage, cfg.path.parent)
     inputs = {s["source"]: Path(s["path"]) for s in ingest_summaries}
     rd = run_dir(cfg, run_id)
     out = rd / "linkage"
@@ -1156,14 +1153,9 @@ def commit_state(restricted_dir: Path, link_summary: dict, run_id: str) -> dict:
     if live.exists():
         os.rename(live, old)
     os.rename(cand, live)
-    try:
-        fd = os.open(restricted_dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
+    from etl.publish import fsync_dir
+
+    fsync_dir(restricted_dir)
     shutil.rmtree(old, ignore_errors=True)
     return {"state_dir": str(live), "state_id": state_id(live)}
 

@@ -66,7 +66,7 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
@@ -411,21 +411,21 @@ def publish(staging: Path, cfg, run_id: str, summaries: dict, *,
         if p.is_file():
             _fsync_file(p)
     for d in sorted({p.parent for p in staging.rglob("*")} | {staging}, key=lambda x: -len(x.parts)):
-        _fsync_dir(d)
+        fsync_dir(d)
 
     with _lock(releases, lock_timeout):
         if final.exists():
             raise MedlinkError(f"release {final} already exists; a release is never overwritten")
         os.rename(staging, final)
         try:
-            _fsync_dir(releases)
+            fsync_dir(releases)
             cur_tmp = releases / f".CURRENT.tmp-{run_id}"
             with open(cur_tmp, "w") as fh:
                 fh.write(run_id + "\n")
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(cur_tmp, releases / CURRENT)
-            _fsync_dir(releases)
+            fsync_dir(releases)
         except BaseException:
             # CURRENT was not switched: take the release back out of sight
             try:

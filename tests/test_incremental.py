@@ -292,7 +292,7 @@ def test_state_without_tf_tables_and_leftover_temporaries(data, planted):
 def test_link_stage_first_run_builds_state_then_increments(data, tmp_path):
     """The pipeline drop-in: the first run builds a candidate state, committed as
     <restricted>/linkage_state (the pipeline commits after publishing); the next links onto
-    it (merge_policy read from the linkage section) without touching it until its own
+    it (merge_policy from the delivery config) without touching it until its own
     commit; the history it returns feeds assemble."""
     import dataclasses
 
@@ -300,7 +300,7 @@ def test_link_stage_first_run_builds_state_then_increments(data, tmp_path):
     from etl.assemble import assemble
 
     cfg = cfgmod.load(data["dir"] / "gen" / "delivery.yaml")
-    cfg = dataclasses.replace(cfg, output_dir=tmp_path / "out", linkage={"merge_policy": "hold"})
+    cfg = dataclasses.replace(cfg, output_dir=tmp_path / "out", linkage={}, merge_policy="hold")
     dels = I.split_by_year(data["std"], tmp_path / "deliveries", [2023])
     runs = []
     live = cfg.restricted_dir / "linkage_state"

@@ -159,27 +159,6 @@ class Vocabulary:
         # that is also a postcode counts twice here, once in the table)
         self.n_digest_inputs = self._all_ids.len() + self.s_emails.len() + self.s_postcodes.len()
 
-    # sizes and truthiness, as the sets of earlier versions offered them
-    @property
-    def names(self) -> pl.Series:
-        return self.s_names
-
-    @property
-    def identifiers(self) -> pl.Series:
-        return self.s_ids
-
-    @property
-    def emails(self) -> pl.Series:
-        return self.s_emails
-
-    @property
-    def postcodes(self) -> pl.Series:
-        return self.s_postcodes
-
-    @property
-    def restricted(self) -> pl.Series:
-        return self.s_restricted
-
     @property
     def digest_prefixes(self) -> np.ndarray:
         if self._digest_prefixes is None:

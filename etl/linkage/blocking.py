@@ -110,6 +110,19 @@ def record_keys(rec: Records, rule: BlockRule) -> np.ndarray:
     return h
 
 
+def all_record_keys(rec: Records, rules: list[BlockRule]) -> list[np.ndarray]:
+    """`record_keys` for every rule. The per-part key strings (4.4M records x ~20 parts
+    at 1M doctors, ~3 GiB) are only needed to hash the rules' keys: each is dropped after
+    the last rule using it (a training session re-derives its own few)."""
+    out = []
+    for i, r in enumerate(rules):
+        out.append(record_keys(rec, r))
+        later = {f"blockpart:{k.describe()}" for r2 in rules[i + 1:] for k in r2.keys}
+        for k in [k for k in rec._cache if isinstance(k, str) and k.startswith("blockpart:") and k not in later]:
+            del rec._cache[k]
+    return out
+
+
 @dataclass
 class RuleStats:
     rule: str
@@ -127,14 +140,13 @@ def _block_frames(keys: np.ndarray, lo: int, hi: int) -> pl.DataFrame:
 
 
 def _counts(keys: np.ndarray, lo: int, hi: int, cache: dict | None) -> pl.DataFrame:
-    """Records per key in one source's range (cached per rule and source: every task
-    pairing the source reuses it)."""
-    ck = (id(keys), lo, hi)
-    if cache is not None and ck in cache:
-        return cache[ck][1]
+    """Records per key in one source's range. `cache`: one dict per rule (its keys), filled
+    per source range, so every task pairing the source reuses the counts."""
+    if cache is not None and (lo, hi) in cache:
+        return cache[(lo, hi)]
     out = _block_frames(keys, lo, hi).group_by("k").agg(pl.len().alias("n"))
     if cache is not None:
-        cache[ck] = (keys, out)     # holding `keys` keeps its id from being reused
+        cache[(lo, hi)] = out
     return out
 
 

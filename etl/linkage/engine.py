@@ -22,7 +22,7 @@ import polars as pl
 
 from etl.errors import ConfigError
 from etl.linkage import train as T
-from etl.linkage.blocking import RuleStats, drop_found, focus_keys, record_keys, rule_pairs
+from etl.linkage.blocking import RuleStats, all_record_keys, drop_found, focus_keys, rule_pairs
 from etl.linkage.cluster import cluster
 from etl.linkage.comparisons import Evaluator, comparison_matrix
 from etl.linkage.deterministic import deterministic_pass
@@ -149,15 +149,7 @@ def link(inputs: dict[str, Path], spec: LinkSpec, out_dir: Path, truth: Path | N
 
     # ---- candidate pairs (levels do not depend on the model) ----------------------
     rule_names = ["deterministic"] + [r.name for r in spec.blocking]
-    # the per-part key strings (4.4M records x ~20 parts at 1M doctors, ~3 GiB) are
-    # only needed to hash the rules' keys: each is dropped after the last rule using it
-    # (a training session re-derives its own few)
-    rule_keys = []
-    for i, r in enumerate(spec.blocking):
-        rule_keys.append(record_keys(rec, r))
-        later = {f"blockpart:{k.describe()}" for r2 in spec.blocking[i + 1:] for k in r2.keys}
-        for k in [k for k in rec._cache if isinstance(k, str) and k.startswith("blockpart:") and k not in later]:
-            del rec._cache[k]
+    rule_keys = all_record_keys(rec, spec.blocking)
     lap("blocking_keys")
     cand, rule_stats = _candidates(rec, spec, tasks, evals, det, rule_keys, labels,
                                    blocks=[Path(p) for p in scored_blocks] if scored_blocks else None,
@@ -647,7 +639,7 @@ def _candidates(rec: Records, spec: LinkSpec, tasks, evals, det, rule_keys, labe
 
     # focus: only blocks holding a focus record (whole blocks, so sizes are the full sizes)
     fkeys = None if focus is None else [focus_keys(k, focus) for k in rule_keys]
-    size_cache: dict = {}
+    size_caches: list[dict] = [{} for _ in spec.blocking]     # per rule: block counts per source
     for ti, t in enumerate(tasks):
         a, b = rec.offsets[t[0]], rec.offsets[t[1]]
         dedupe = t[0] == t[1]
@@ -702,7 +694,7 @@ def _candidates(rec: Records, spec: LinkSpec, tasks, evals, det, rule_keys, labe
             it, total, skipped = rule_pairs(keys if fkeys is None else fkeys[ri_], a, b, dedupe, chunk,
                                             max_block_pairs=rule.max_block_pairs or spec.max_block_pairs,
                                             part=part, focus=focus, focus_masked=True,
-                                            size_cache=size_cache)
+                                            size_cache=size_caches[ri_])
             st.pairs = total
             st.skipped_blocks = skipped
             for li, ri in it:
@@ -748,7 +740,7 @@ def score_block(block: dict, spec: LinkSpec, out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rec, tasks, evals = _prepare({k: Path(v) for k, v in block["inputs"].items()}, spec)
-    rule_keys = [record_keys(rec, r) for r in spec.blocking]
+    rule_keys = all_record_keys(rec, spec.blocking)
     cand, stats = _candidates(rec, spec, tasks, evals, None, rule_keys, None,
                               part=(int(block["part"]), int(block["n"])))
     cols = {"li": cand["li"], "ri": cand["ri"], "task": cand["task"], "rule": cand["rule"]}
