@@ -1,7 +1,7 @@
 """Linkage bench: medlink vs Splink 5 (DuckDB) vs recordlinkage ECM on the same data.
 
     python bench/linkage/bench.py febrl4               [--repeats 3]
-    python bench/linkage/bench.py people --n 1000000   [--repeats 1]
+    python bench/linkage/bench.py people --n 1000000   [--repeats 1] [--profile base|long-gap]
     python bench/linkage/bench.py synth3 --n 100000    [--repeats 1]
     options: --tools medlink,splink,ecm  --data DIR  --seed S
 
@@ -11,7 +11,7 @@ pairwise precision / recall / F1 per cross-source pair of sources, computed
 the same way for every tool from its clusters, against the generator's truth;
 for synth3 and people also by ethnic (name-origin) group and by sex. Medians
 over repeats. Needs `splink==5.0.0` and `duckdb` (bench only).
-Results are written to bench/results/<dataset>-<n>.json.
+Results are written to bench/results/<tag>.json (tag: febrl4, synth3-N-sS, people-PROFILE-N-sS).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ TASKS = {"febrl4": [("a", "b")], "people": [("a", "b")],
 
 
 # --------------------------------------------------------------------------- data
-def prepare(dataset: str, n: int, seed: int, data: Path) -> Path:
+def prepare(dataset: str, n: int, seed: int, data: Path, profile: str = "base") -> Path:
     if (data / "truth.parquet").exists():
         return data
     data.mkdir(parents=True, exist_ok=True)
@@ -61,7 +61,7 @@ def prepare(dataset: str, n: int, seed: int, data: Path) -> Path:
         sys.path.insert(0, str(HERE))
         from people import generate
 
-        print(generate(n, data, seed))
+        print(generate(n, data, seed, profile=profile))
     elif dataset == "synth3":
         from etl import config
         from etl.ingest import ingest
@@ -165,9 +165,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--tools", default="medlink,splink,ecm")
     ap.add_argument("--data", type=Path)
+    ap.add_argument("--profile", default="base", help="people only: error profile (bench/linkage/people.py)")
     a = ap.parse_args()
-    tag = a.dataset if a.dataset == "febrl4" else f"{a.dataset}-{a.n}-s{a.seed}"
-    data = prepare(a.dataset, a.n, a.seed, a.data or REPO / "bench" / "data" / tag)
+    tag = (a.dataset if a.dataset == "febrl4" else f"people-{a.profile}-{a.n}-s{a.seed}" if a.dataset == "people"
+           else f"{a.dataset}-{a.n}-s{a.seed}")
+    data = prepare(a.dataset, a.n, a.seed, a.data or REPO / "bench" / "data" / tag, a.profile)
     by = [] if a.dataset == "febrl4" else ["group", "sex"]
     res_file = REPO / "bench" / "results" / f"{tag}.json"
     # tools not re-run keep their earlier results (so tools can be run one at a time)
@@ -189,19 +191,23 @@ def main() -> None:
             runs.append(res)
             print(f"  {tool} run {r}: {res['wall']:.1f} s, {res['rss_mib']:.0f} MiB", flush=True)
         if runs:
-            results[tool] = {"runs": runs, "wall_median": statistics.median(x["wall"] for x in runs),
+            results[tool] = {"runs": runs, "measured_at": time.strftime("%Y-%m-%d %H:%M"),
+                             "wall_median": statistics.median(x["wall"] for x in runs),
                              "rss_median": statistics.median(x["rss_mib"] for x in runs)}
     order = ["medlink", "splink", "ecm"]
     results = {k: results[k] for k in sorted(results, key=lambda k: order.index(k) if k in order else 9)}
     # ---- table
-    print(f"\n{tag}: median of {a.repeats} run(s); wall includes imports; pairwise accuracy per source pair")
-    print(f"{'tool':<9}{'wall s':>8}{'RSS MiB':>9}  {'task':<26}{'precision':>10}{'recall':>9}{'F1':>9}")
+    print(f"\n{tag}: wall (imports included) and peak RSS are medians over the tool's runs; pairwise accuracy "
+          "per source pair; a tool not run now shows its last result and when it was measured")
+    print(f"{'tool':<9}{'wall s':>8}{'RSS MiB':>9}  {'task':<26}{'precision':>10}{'recall':>9}{'F1':>9}"
+          f"{'runs':>6}  measured")
     for tool, r in results.items():
         first = True
         for task, acc in r["runs"][0]["accuracy"].items():
             o = acc["overall"]
             pre = f"{tool:<9}{r['wall_median']:>8.1f}{r['rss_median']:>9.0f}" if first else " " * 26
-            print(f"{pre}  {task:<26}{o['precision']:>10.4f}{o['recall']:>9.4f}{o['f1']:>9.4f}")
+            post = f"{len(r['runs']):>6}  {r.get('measured_at', '?')}" if first else ""
+            print(f"{pre}  {task:<26}{o['precision']:>10.4f}{o['recall']:>9.4f}{o['f1']:>9.4f}{post}")
             first = False
     rlm = {t: r["runs"][0].get("recordlinkage_measures") for t, r in results.items()}
     if any(rlm.values()):
