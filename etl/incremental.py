@@ -694,11 +694,27 @@ def _increment(new_inputs: dict[str, Path], state_dir: Path, spec, out_dir: Path
         f_tf = bg.submit(_tf_after, st, spec, delta, replaced, ev_cols)
     lap("classify")
 
-    if not delta:
+    if not delta:       # everything delivered is already linked, unchanged: the state's outputs as they are
         shutil.rmtree(work, ignore_errors=True)
-        return {"new_records": 0, "changed_records": 0, "unchanged_records": n_unchanged, "joined_existing": 0,
-                "new_persons": 0, "merges": 0, "splits": 0, "held": 0, "subset_records": 0,
-                "seconds": round(time.perf_counter() - t0, 2)}
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for f, to in (("crosswalk.parquet", "clusters.parquet"), ("pairs.parquet", "pairs.parquet"),
+                      ("model.json", "model.json")):
+            shutil.copyfile(st.path(f), out_dir / to)
+        persons = meta.get("persons")
+        result = {"new_records": 0, "changed_records": 0, "unchanged_records": int(n_unchanged),
+                  "joined_existing": 0, "new_persons": 0, "merges": 0, "splits": 0, "held": 0,
+                  "records_rekeyed": 0, "subset_records": 0, "records_total": int(cw.height),
+                  "persons_total": int(persons if persons is not None else cw["person_key"].n_unique()),
+                  "policy": policy, "seconds": round(time.perf_counter() - t0, 3)}
+        if truth is not None:
+            t = pl.read_parquet(truth).select(pl.col("source").cast(pl.String), pl.col("record_id").cast(pl.String),
+                                              pl.col("person_id").cast(pl.String))
+            result["f1_overall"] = round(pairwise_f1(cw.rename({"person_key": "person_id"}), t)["f1"], 6)
+        report = {"run_id": run_id, "policy": policy, "counts": result, "timings_seconds": timings,
+                  "merges": [], "splits": []}
+        (out_dir / "incremental_report.json").write_text(json.dumps(report, indent=1, default=str))
+        (out_dir / "incremental_report.md").write_text(report_markdown(report))
+        return result
 
     # ---- the subset: delta + old records blocking with it + their people ----------------
     dkeys = _block_keys(delta_paths, spec)
@@ -1046,15 +1062,71 @@ def _link_or_copy(src, dst):
     return dst
 
 
-def recover_state(restricted_dir: Path) -> None:
-    """A commit interrupted between its two renames leaves no live state and the previous
-    one under `.linkage_state.old-<run>`: put it back."""
-    live = Path(restricted_dir) / STATE_NAME
-    if live.exists():
-        return
-    olds = sorted(Path(restricted_dir).glob(f".{STATE_NAME}.old-*"), key=lambda p: p.stat().st_mtime)
-    if olds and State(olds[-1]).exists():
-        os.rename(olds[-1], live)
+PENDING = f".{STATE_NAME}.pending.json"
+
+
+def mark_pending(restricted_dir: Path, link_summary: dict, run_id: str, release_dir: Path) -> Path:
+    """Written (atomically, under the state lock) just before a release is renamed into
+    place: which candidate state the release is built on. `commit_state` removes it; if the
+    process dies between the release rename and the commit, the next run finds it and
+    `recover_state` commits that candidate (rolls forward), so the committed state always
+    matches the newest published release."""
+    from etl.publish import fsync_dir
+
+    restricted_dir = Path(restricted_dir)
+    p = restricted_dir / PENDING
+    tmp = restricted_dir / f"{PENDING}.tmp-{os.getpid()}"
+    with open(tmp, "w") as fh:
+        json.dump({"run_id": run_id, "state_dir": str(link_summary["state_dir"]),
+                   "state_base": link_summary.get("state_base"), "release_dir": str(release_dir)}, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, p)
+    fsync_dir(restricted_dir)
+    return p
+
+
+def clear_pending(restricted_dir: Path) -> None:
+    (Path(restricted_dir) / PENDING).unlink(missing_ok=True)
+
+
+def recover_state(restricted_dir: Path) -> dict | None:
+    """Repair what an interrupted commit left; call holding `state_lock`.
+
+    1. A commit interrupted between its two renames leaves no live state and the previous
+       one under `.linkage_state.old-<run>`: put it back.
+    2. A run that died after publishing its release and before committing its state left
+       the pending marker (`mark_pending`): commit that run's candidate now (roll forward),
+       so the next delivery links onto the state the published release was built from.
+       A marker whose release was never published is dropped (nothing was published, the
+       state is the last good one). Returns what was rolled forward, else None."""
+    from etl.publish import MANIFEST as RELEASE_MANIFEST
+
+    restricted_dir = Path(restricted_dir)
+    live = restricted_dir / STATE_NAME
+    if not live.exists():
+        olds = sorted(restricted_dir.glob(f".{STATE_NAME}.old-*"), key=lambda p: p.stat().st_mtime)
+        if olds and State(olds[-1]).exists():
+            os.rename(olds[-1], live)
+    marker = restricted_dir / PENDING
+    if not marker.exists():
+        return None
+    m = json.loads(marker.read_text())
+    release = Path(m["release_dir"])
+    if not (release / RELEASE_MANIFEST).exists():      # died before its release was published
+        clear_pending(restricted_dir)
+        return None
+    now = state_id(live) if State(live).exists() else None
+    if now != m.get("state_base"):                     # already committed (or superseded)
+        clear_pending(restricted_dir)
+        return None
+    if not State(Path(m["state_dir"])).exists():
+        raise MedlinkError(f"release {release.name} was published from a linkage state that was never "
+                           f"committed, and that state ({m['state_dir']}) is gone; restore it, or delete "
+                           f"{marker.name} to link the next delivery onto the state before that release",
+                           file=str(marker))
+    commit_state(restricted_dir, {"state_dir": m["state_dir"], "state_base": m.get("state_base")}, m["run_id"])
+    return {"run_id": m["run_id"], "release": release.name}
 
 
 def link_stage(cfg, run_id: str, ingest_summaries: list[dict], *, policy: str | None = None,
@@ -1081,7 +1153,11 @@ def link_stage(cfg, run_id: str, ingest_summaries: list[dict], *, policy: str | 
     inputs = {s["source"]: Path(s["path"]) for s in ingest_summaries}
     rd = run_dir(cfg, run_id)
     out = rd / "linkage"
-    recover_state(cfg.restricted_dir)
+    with state_lock(cfg.restricted_dir):
+        recovered = recover_state(cfg.restricted_dir)
+    if recovered and progress is not None:
+        progress(f"linkage state: committed the state of release {recovered['release']}, whose run "
+                 "stopped after publishing it")
     live = cfg.restricted_dir / STATE_NAME
     cand = rd / STATE_NAME
     if cand.exists():                 # this stage ran before in this run: start again from the state
@@ -1099,6 +1175,8 @@ def link_stage(cfg, run_id: str, ingest_summaries: list[dict], *, policy: str | 
         summary.update({"state": "initialised", "new_records": summary["records"], "changed_records": 0,
                         "unchanged_records": 0, "merges": 0, "splits": 0, "held": 0, "policy": policy})
     summary["mode"] = "incremental"
+    if recovered:
+        summary["recovered_commit"] = recovered
     summary["clusters_path"] = str(out / "clusters.parquet")
     summary["pairs_path"] = str(out / "pairs.parquet")
     summary["state_dir"] = str(cand)
@@ -1156,6 +1234,7 @@ def commit_state(restricted_dir: Path, link_summary: dict, run_id: str) -> dict:
     from etl.publish import fsync_dir
 
     fsync_dir(restricted_dir)
+    clear_pending(restricted_dir)
     shutil.rmtree(old, ignore_errors=True)
     return {"state_dir": str(live), "state_id": state_id(live)}
 

@@ -238,11 +238,19 @@ def publish(cfg: Config, run_id: str, summaries: dict) -> dict:
     link_summary = summaries.get("link") or {}
     if link_summary.get("mode") != "incremental":
         return _timed(_publish(staging_dir(cfg, run_id), cfg, run_id, summaries), t0)
-    from etl.incremental import check_state_base, commit_state, state_lock
+    from etl.incremental import check_state_base, clear_pending, commit_state, mark_pending, state_lock
     accounting = delivery_accounting(cfg, run_id, summaries)
+    staging = staging_dir(cfg, run_id)
     with state_lock(cfg.restricted_dir):
         check_state_base(cfg.restricted_dir, link_summary)
-        out = _publish(staging_dir(cfg, run_id), cfg, run_id, release_basis(summaries))
+        # a crash between the release rename and the commit is rolled forward by the next run
+        mark_pending(cfg.restricted_dir, link_summary, run_id, staging.parent / run_id)
+        try:
+            out = _publish(staging, cfg, run_id, release_basis(summaries))
+        except BaseException:
+            if not (staging.parent / run_id).exists():     # not published: nothing to roll forward
+                clear_pending(cfg.restricted_dir)
+            raise
         out["linkage_state"] = commit_state(cfg.restricted_dir, link_summary, run_id)
     out["delivery_accounting"] = accounting
     return _timed(out, t0)

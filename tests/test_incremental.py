@@ -238,6 +238,11 @@ def test_resent_rows_are_no_ops_and_full_relink_compares(planted, data):
     shutil.copytree(planted["state"], st)
     s = I.link_incremental(planted["std"], st, data["spec"], d / "out_resend")
     assert s["new_records"] == 0 and s["changed_records"] == 0 and s["unchanged_records"] > 0
+    # a resent delivery still has the outputs every increment has (the later stages read them)
+    cw = pl.read_parquet(I.State(st).path("crosswalk.parquet"))
+    assert pl.read_parquet(d / "out_resend" / "clusters.parquet").equals(cw)
+    assert (d / "out_resend" / "pairs.parquet").exists() and (d / "out_resend" / "model.json").exists()
+    assert s["records_total"] == cw.height and s["persons_total"] == cw["person_id"].n_unique()
     r = I.relink_full(st, data["spec"], d / "out_full")
     assert r["pairwise_f1_vs_incremental"] == 1.0 and r["records_person_differs"] == 0
     with pytest.raises(Exception):

@@ -7,7 +7,8 @@ published and verifies; the first year's records keep their internal person keys
 state and release crosswalk) unless a listed merge / split moved them; every row of each
 delivery is accounted for; merges and splits are counted in the run summary and the printed
 output; a run that fails after linking (a release gate) leaves the committed linkage state
-exactly as it was, and the next run links onto it."""
+exactly as it was, and the next run links onto it; a run killed between publishing its release
+and committing its state is rolled forward by the next run."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import shutil
 
 import polars as pl
 import pytest
@@ -192,6 +195,57 @@ def test_merges_and_splits_reported_as_counts(runs):
     assert "this delivery:" in out and "reconciled True" in out
     lq = pl.read_parquet(Path(s1["publish"]["release_dir"]) / "linkage_quality.parquet")
     assert {"merges", "splits"} <= set(lq["metric"].to_list())
+
+
+# medlink whose process dies right after its release is published, before the linkage state is
+# committed (os._exit: no cleanup, no finally blocks, as a kill -9 would leave it)
+CRASH_AFTER_PUBLISH = """
+import os, sys
+import etl.incremental as inc
+inc.commit_state = lambda *a, **k: os._exit(137)
+from etl.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_crash_between_release_and_state_commit_rolls_forward(runs, tmp_path):
+    """The third delivery, killed after its release went live and before its state commit: the
+    release is published (CURRENT names it) on a state that was not committed, and a marker in
+    the restricted zone names the candidate it was built from. The next run commits that
+    candidate first, then links onto it: the crashed delivery's records are already known."""
+    out = tmp_path / "out"
+    shutil.copytree(runs["out"], out)
+    cfg = yaml.safe_load(runs["configs"][2].read_text())
+    for sc in cfg["sources"].values():
+        sc["path"] = str((runs["gen"] / sc["path"]).resolve())
+    cfg["output"]["dir"] = str(out)
+    c = tmp_path / "delivery_2.yaml"
+    c.write_text(yaml.safe_dump(cfg))
+    state, marker = out / "restricted" / "linkage_state", out / "restricted" / ".linkage_state.pending.json"
+    before = _tree_hashes(state)
+    current = (out / "releases" / "CURRENT").read_text()
+    r = subprocess.run([sys.executable, "-c", CRASH_AFTER_PUBLISH, "run", "--no-prefect", "--quiet",
+                        "--config", str(c)], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 137, r.stderr[-3000:]
+    crashed = (out / "releases" / "CURRENT").read_text().strip()
+    assert crashed != current.strip()                        # the release went live ...
+    assert (out / "releases" / crashed / "manifest.json").exists()
+    assert _tree_hashes(state) == before                     # ... its state was never committed
+    m = json.loads(marker.read_text())
+    assert m["run_id"] == crashed and Path(m["state_dir"]).is_dir()
+
+    j = tmp_path / "summary.json"
+    r = medlink("run", "--no-prefect", "--config", str(c), "--json", str(j))
+    s = json.loads(j.read_text())
+    assert s["link"]["recovered_commit"] == {"run_id": crashed, "release": crashed}
+    assert f"committed the state of release {crashed}" in r.stdout + r.stderr
+    assert s["link"]["new_records"] == 0 and s["link"]["unchanged_records"] > 0
+    assert s["publish"]["delivery_accounting"]["reconciled"]
+    assert not marker.exists() and _tree_hashes(state) != before
+    # the rerun published on top of the rolled-forward state: same persons as the crashed release
+    persons = [pl.read_parquet(out / "releases" / rid / "doctors.parquet").height
+               for rid in (crashed, s["publish"]["release_id"])]
+    assert persons[0] == persons[1]
 
 
 def test_failed_run_after_link_leaves_state_untouched(runs, tmp_path):
