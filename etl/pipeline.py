@@ -287,15 +287,21 @@ def release_basis(summaries: dict) -> dict:
     manifest inputs from. The release holds every person of the linked history, so its
     inputs are the history's records per source (what the clusters cover); the
     delivery's own files and counts are in `row_accounting_delivery.parquet`, the
-    governance report's input checksums and the run summary."""
+    governance report's input checksums and the run summary. The manifest names both:
+    `inputs` (the history) and `delivery_inputs` (this delivery's files and checksums), and
+    `linkage_state` (the state the release was linked onto and the one it commits)."""
     from etl.hashing import sha256_file
+    from etl.incremental import state_id
     import polars as pl
     basis = []
     for s, p in summaries["link"]["records_paths"].items():
         n = pl.scan_parquet(p).select(pl.len()).collect().item()
         basis.append({"source": s, "file": f"linkage_state/records/{s}", "sha256": sha256_file(Path(p)),
                       "rows_in": n, "rows_ingested": n, "rows_quarantined": 0, "path": p})
-    return {**summaries, "ingest": basis}
+    state = {"linked_onto": summaries["link"].get("state_base"),
+             "commits": state_id(Path(summaries["link"]["state_dir"]))}
+    return {**summaries, "ingest": basis, "delivery_ingest": summaries.get("ingest") or [],
+            "linkage_state": state}
 
 
 def report(cfg: Config, run_id: str) -> dict:

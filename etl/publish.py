@@ -353,8 +353,13 @@ def build_manifest(staging: Path, cfg, run_id: str, summaries: dict) -> dict:
     prot = summaries.get("protect") or {}
     gov = getattr(cfg, "governance", None) or {}
     demo = bool(prot.get("demo", gov.get("demo", False) if isinstance(gov, dict) else False))
-    inputs = [{k: i.get(k) for k in ("source", "file", "sha256", "rows_in", "rows_ingested",
-                                     "rows_quarantined")} for i in _ingest_list(summaries)]
+    keys = ("source", "file", "sha256", "rows_in", "rows_ingested", "rows_quarantined")
+    inputs = [{k: i.get(k) for k in keys} for i in _ingest_list(summaries)]
+    extra = {}
+    if "delivery_ingest" in summaries:       # incremental: inputs are the linked history
+        extra["delivery_inputs"] = [{k: i.get(k) for k in keys}
+                                    for i in _ingest_list({"ingest": summaries["delivery_ingest"]})]
+        extra["linkage_state"] = summaries.get("linkage_state")
     return {
         "release_id": run_id,
         "delivery": getattr(cfg, "delivery", None) or summaries.get("delivery"),
@@ -366,6 +371,7 @@ def build_manifest(staging: Path, cfg, run_id: str, summaries: dict) -> dict:
         "key_id": prot.get("key_id"),
         "demo": demo,
         "inputs": inputs,
+        **extra,
         "files": file_entries(staging),
     }
 

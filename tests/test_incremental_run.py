@@ -105,6 +105,19 @@ def test_second_release_published_and_verified(runs):
         assert rel.is_dir()
         assert "manifest OK" in medlink("verify", str(rel)).stdout
     assert s0["link"]["state"] == "initialised" and s1["link"]["state"] == "incremented"
+    # provenance: the manifest names the history it covers, this delivery's own files with
+    # their checksums, and the linkage states the release was linked onto and committed
+    m1 = json.loads((Path(s1["publish"]["release_dir"]) / "manifest.json").read_text())
+    assert {i["file"] for i in m1["inputs"]} == {f"linkage_state/records/{x}" for x in YEAR_FIELDS}
+    cfg1 = yaml.safe_load(runs["configs"][1].read_text())
+    want = {Path(sc["path"]).name: hashlib.sha256((runs["gen"] / sc["path"]).read_bytes()).hexdigest()
+            for sc in cfg1["sources"].values()}
+    assert {Path(i["file"]).name: i["sha256"] for i in m1["delivery_inputs"]} == want
+    assert sum(i["rows_in"] for i in m1["delivery_inputs"]) == s1["publish"]["delivery_accounting"]["rows_in"]
+    st = json.loads((runs["out"] / "restricted" / "linkage_state" / "meta.json").read_text())
+    assert m1["linkage_state"]["linked_onto"] == s1["link"]["state_base"] is not None
+    assert m1["linkage_state"]["commits"] == s1["publish"]["linkage_state"]["state_id"]
+    assert st["runs"] and m1["linkage_state"]["commits"] != m1["linkage_state"]["linked_onto"]
     assert s1["link"]["new_records"] > 0 and s1["link"]["joined_existing"] > 0
     # the second release holds the whole history: more doctors than the first
     d0 = pl.read_parquet(Path(s0["publish"]["release_dir"]) / "doctors.parquet")
