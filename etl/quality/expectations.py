@@ -43,6 +43,8 @@ from great_expectations.expectations.metrics.table_metric_provider import TableM
 from great_expectations.render import LegacyRendererType, RenderedStringTemplateContent
 from great_expectations.render.renderer.renderer import renderer
 
+from etl.quality.suites import column_kind
+
 
 def _says(template: str):
     """A Data Docs sentence for a custom expectation ($names are its kwargs)."""
@@ -109,19 +111,6 @@ def _text_nhs(s: str) -> bool:
     return any(nhs_number_valid(re.sub(r"[ -]", "", m)) for m in NHS_CANDIDATE_RE.findall(s))
 
 
-def _kind(column: pd.Series) -> str:
-    dt = column.dtype
-    if pd.api.types.is_bool_dtype(dt):
-        return "bool"
-    if pd.api.types.is_datetime64_any_dtype(dt) or isinstance(dt, pd.PeriodDtype):
-        return "temporal"
-    if pd.api.types.is_integer_dtype(dt):
-        return "int"
-    if pd.api.types.is_float_dtype(dt):
-        return "float"
-    return "text"
-
-
 def _on_distinct(column: pd.Series, fn) -> np.ndarray:
     """Apply `fn` (Series[str] -> bool array) to the distinct values, map back to rows."""
     if isinstance(column.dtype, pd.CategoricalDtype):
@@ -151,14 +140,14 @@ def _int_values(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
 
 def detect(kind: str, column: pd.Series) -> np.ndarray:
     """True where a value looks like identifier `kind` (see DETECTORS)."""
-    k = _kind(column)
+    k = column_kind(column.dtype)
     n = len(column)
     if k == "bool":
         return np.zeros(n, dtype=bool)
     if k == "temporal":
         # a date/datetime column holds full dates by construction
         return np.ones(n, dtype=bool) if kind == "full_date" else np.zeros(n, dtype=bool)
-    if k in ("int", "float"):
+    if k == "number":
         ints, mask = _int_values(column)
         if kind == "gmc_number":
             lo, hi = GMC_INT_RANGE

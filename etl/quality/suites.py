@@ -92,10 +92,12 @@ def suite_params(raw: dict) -> dict:
 # --------------------------------------------------------------------------- binding
 
 def column_kind(dtype) -> str:
+    """bool, temporal, number or text: what `$EACH_COLUMN` kinds select and what the
+    identifier detectors (etl.quality.expectations.detect) branch on."""
     import pandas as pd
     if pd.api.types.is_bool_dtype(dtype):
         return "bool"
-    if pd.api.types.is_datetime64_any_dtype(dtype):
+    if pd.api.types.is_datetime64_any_dtype(dtype) or isinstance(dtype, pd.PeriodDtype):
         return "temporal"
     if pd.api.types.is_numeric_dtype(dtype):
         return "number"
