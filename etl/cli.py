@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from etl import __version__
-from etl.errors import MedlinkError
+from etl.errors import ConfigError, MedlinkError
 
 
 def _progress(quiet: bool):
@@ -93,12 +93,19 @@ def cmd_run(a) -> int:
     cfg = config.load(a.config)
     truth = Path(a.truth) if a.truth else None
     if a.no_prefect:
+        if a.skip_unchanged:
+            raise ConfigError("needs the Prefect flow (it compares the run "
+                              "fingerprints the flow records); drop --no-prefect", key="--skip-unchanged")
         from etl.pipeline import run_all
         summary = run_all(cfg, truth=truth, progress=_progress(a.quiet))
     else:
         from flows.delivery import run_delivery
-        summary = run_delivery(str(cfg.path), truth=truth, progress=not a.quiet)
-    _print_run_summary(summary)
+        summary = run_delivery(str(cfg.path), truth=truth, progress=not a.quiet, skip_unchanged=a.skip_unchanged)
+    if summary.get("skipped"):
+        print(f"delivery {summary.get('delivery')} unchanged since release {summary['release_id']}: "
+              f"nothing run or published ({summary['release_dir']})")
+    else:
+        _print_run_summary(summary)
     if a.json:
         Path(a.json).write_text(json.dumps(summary, indent=2, default=str))
     return 0
@@ -199,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--truth", help="optional ground truth for linkage accuracy in the report")
     r.add_argument("--no-prefect", action="store_true", help="run the stages directly, without Prefect")
     r.add_argument("--json", help="also write the run summary to this JSON file")
+    r.add_argument("--skip-unchanged", action="store_true",
+                   help="run nothing when the current release was built from this delivery as it is now "
+                        "(same files, config, rules, code and key), as `medlink serve` does")
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=cmd_run)
 

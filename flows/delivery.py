@@ -327,14 +327,19 @@ def publish_artifacts(out: dict, cfg: Config, status: str, error: str | None = N
 # --------------------------------------------------------------------------- the flow
 
 def _context(cfg: Config, config_path: str, run_id: str | None, truth: str | None,
-             dask_address: str | None, dask_workers: int | None) -> dict:
+             dask_address: str | None, dask_workers: int | None, skip_unchanged: bool = False) -> dict:
     fp = resume.run_fingerprint(cfg, Path(truth) if truth else None)
+    delivery_digest = fp["digest"]          # what the delivery is, whatever the linkage state
+    runs_dir = cfg.restricted_dir / "runs"
+    if skip_unchanged and run_id is None:
+        same = resume.published_unchanged(cfg.releases_dir, runs_dir, delivery_digest)
+        if same:
+            return {"unchanged_since": same, "delivery_digest": delivery_digest}
     if pipeline.incremental(cfg):
         # the link depends on the committed linkage state too: a run linked onto a state
         # that another run has since replaced is not resumed (publish would refuse it)
         from etl.incremental import STATE_NAME, state_id
         fp = {**fp, "digest": resume.digest([fp["digest"], state_id(cfg.restricted_dir / STATE_NAME)])}
-    runs_dir = cfg.restricted_dir / "runs"
     resumed_from = None
     if run_id is None:
         resumed_from = resume.find_unfinished(runs_dir, fp["digest"])
@@ -343,22 +348,34 @@ def _context(cfg: Config, config_path: str, run_id: str | None, truth: str | Non
     rd.mkdir(parents=True, exist_ok=True)
     return {"config_path": str(cfg.path), "run_id": run_id, "run_dir": str(rd), "fingerprint": fp["digest"],
             "truth": truth, "attempt": uuid.uuid4().hex, "dask_address": dask_address,
-            "dask_workers": dask_workers, "resumed_run": bool(resumed_from)}
+            "dask_workers": dask_workers, "resumed_run": bool(resumed_from), "delivery_digest": delivery_digest}
 
 
 @flow(name=FLOW_NAME, persist_result=False, log_prints=False, task_runner=ThreadPoolTaskRunner(max_workers=4),
       description="Ingest, gate, link, assemble, protect, gate, report and publish one delivery.")
 def medlink_delivery(config_path: str, run_id: str | None = None, truth: str | None = None,
                      dask_address: str | None = None, dask_workers: int | None = None,
-                     attempt: str | None = None) -> dict:
+                     attempt: str | None = None, skip_unchanged: bool = False) -> dict:
     cfg = load_config(config_path)
-    ctx = _context(cfg, config_path, run_id, truth, dask_address, dask_workers)
+    ctx = _context(cfg, config_path, run_id, truth, dask_address, dask_workers, skip_unchanged)
+    logger = get_run_logger()
+    if ctx.get("unchanged_since"):
+        rid = ctx["unchanged_since"]
+        logger.info(f"delivery {cfg.delivery} unchanged since release {rid} (same inputs, config, rules, "
+                    "code and key): nothing to run")
+        create_markdown_artifact(key="medlink-release", description="Release location and run status",
+                                 markdown=f"# medlink delivery `{cfg.delivery}`\n\n- status: **unchanged**: "
+                                          f"the current release `{rid}` was built from this delivery as it "
+                                          "is now; nothing was run or published")
+        from prefect.runtime import flow_run as _fr
+        return {"run_id": None, "delivery": cfg.delivery, "skipped": "unchanged", "release_id": rid,
+                "release_dir": str(cfg.releases_dir / rid),
+                "orchestration": {"flow_run_id": str(_fr.id) if _fr.id else None}}
     if attempt:
         ctx["attempt"] = attempt
-    logger = get_run_logger()
     run_id = ctx["run_id"]
     rd = Path(ctx["run_dir"])
-    resume.write_run(rd, run_id, ctx["fingerprint"], "running")
+    resume.write_run(rd, run_id, ctx["fingerprint"], "running", delivery_digest=ctx["delivery_digest"])
     logger.info(f"run {run_id} of delivery {cfg.delivery}: {len(cfg.sources)} sources")
     out: dict = {"run_id": run_id, "delivery": cfg.delivery}
     from prefect.runtime import flow_run as _fr
@@ -397,13 +414,14 @@ def medlink_delivery(config_path: str, run_id: str | None = None, truth: str | N
     except BaseException as e:
         out["failed_stage"] = stage
         out["resumed"] = _resumed(ctx)
-        resume.write_run(rd, run_id, ctx["fingerprint"], "failed", failed_stage=stage)
+        resume.write_run(rd, run_id, ctx["fingerprint"], "failed", failed_stage=stage,
+                         delivery_digest=ctx["delivery_digest"])
         msg = str(e) if isinstance(e, MedlinkError) else f"{type(e).__name__} in stage {stage}"
         with contextlib.suppress(Exception):
             publish_artifacts(out, cfg, "failed", msg)
         raise
     out["resumed"] = _resumed(ctx)
-    resume.write_run(rd, run_id, ctx["fingerprint"], "completed")
+    resume.write_run(rd, run_id, ctx["fingerprint"], "completed", delivery_digest=ctx["delivery_digest"])
     publish_artifacts(out, cfg, "completed")
     out["orchestration"] = orch
     return out
@@ -487,8 +505,13 @@ def prefect_api(mode: str = "auto", heartbeats: bool = False):
 
 
 def run_delivery(config_path: str, *, run_id: str | None = None, truth=None, progress: bool = True,
-                 server: str = "auto", dask_address: str | None = None, dask_workers: int | None = None) -> dict:
+                 server: str = "auto", dask_address: str | None = None, dask_workers: int | None = None,
+                 skip_unchanged: bool = False) -> dict:
     """Run one delivery through the `medlink-delivery` flow; return the run summary.
+
+    skip_unchanged: when the current release was published by a run of this delivery exactly
+    as it is now (inputs, referenced files, config, schemas, code, key), run nothing and
+    return {"skipped": "unchanged", "release_id": ...} (what `medlink serve` does).
 
     run_id: reuse (resume) that run; None finds an unfinished run of the same
     inputs+config+code and resumes it, else starts a new run.
@@ -515,7 +538,7 @@ def run_delivery(config_path: str, *, run_id: str | None = None, truth=None, pro
                                    "`python -m flows.server start` or set PREFECT_API_URL")
             summary = medlink_delivery(str(config_path), run_id=run_id, truth=str(truth) if truth else None,
                                        dask_address=dask_address, dask_workers=dask_workers,
-                                       attempt=attempt)
+                                       attempt=attempt, skip_unchanged=skip_unchanged)
     finally:
         _PROGRESS.pop(attempt, None)
     summary.setdefault("orchestration", {}).update(

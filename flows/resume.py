@@ -214,6 +214,20 @@ def read_run(run_dir: Path) -> dict | None:
         return None
 
 
+def published_unchanged(releases_dir: Path, runs_dir: Path, delivery_digest: str) -> str | None:
+    """The current release's id when the run that published it had this delivery digest
+    (the same inputs, referenced files, config, schemas, code and key), else None."""
+    try:
+        rid = (Path(releases_dir) / "CURRENT").read_text().strip()
+    except OSError:
+        return None
+    rec = read_run(Path(runs_dir) / rid) if rid else None
+    if (rec and rec.get("status") == "completed" and rec.get("delivery_digest") == delivery_digest
+            and (Path(releases_dir) / rid).is_dir()):
+        return rid
+    return None
+
+
 def find_unfinished(runs_dir: Path, fingerprint: str) -> str | None:
     """The newest run of this exact fingerprint that did not complete, if any."""
     best = None

@@ -39,7 +39,9 @@ def serve(config_path: str, cron: str = "0 2 * * *", *, name: str | None = None,
     # a long-running service keeps run errors on its console; GX chatter is dropped
     with temporary_settings(updates={PREFECT_API_URL: url}), _quiet_console(drop_run_errors=False):
         medlink_delivery.serve(name=dep, schedules=[Cron(cron, timezone=timezone)],
-                               parameters={"config_path": str(Path(cfg.path).resolve())},
+                               # a scheduled run of a delivery that has not changed since the
+                               # current release publishes nothing (flows/delivery.py)
+                               parameters={"config_path": str(Path(cfg.path).resolve()), "skip_unchanged": True},
                                description=f"medlink delivery {cfg.delivery} ({cfg.path})",
                                tags=["medlink"], print_starting_message=False)
 

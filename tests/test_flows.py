@@ -18,6 +18,8 @@ import json
 import random
 import re
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -245,6 +247,35 @@ def test_flow_runs_with_states_and_artifacts(prefect_server, stub, tmp_path):
     rows = json.loads(arts["medlink-row-accounting"]["data"])
     assert {r["source"]: r["rows_in"] for r in rows} == {"registration": 30, "register2": 24}
     assert s["publish"]["release_dir"] in arts["medlink-release"]["data"]
+
+
+def test_unchanged_delivery_is_skipped_when_asked(prefect_server, stub, tmp_path):
+    """`skip_unchanged` (what `medlink serve` schedules): a delivery whose current release
+    was built from exactly these files, config, code and key runs nothing; a changed input
+    file, or a run without the flag, runs and publishes."""
+    from flows.delivery import run_delivery
+    cfg = make_delivery(tmp_path / "d")
+    releases = tmp_path / "d/out/releases"
+    s1 = run_delivery(str(cfg), progress=False, skip_unchanged=True)      # no release yet: runs
+    assert "skipped" not in s1 and stub.calls["publish"] == 1
+    s2 = run_delivery(str(cfg), progress=False, skip_unchanged=True)
+    assert s2["skipped"] == "unchanged" and s2["release_id"] == s1["run_id"]
+    assert stub.calls["publish"] == 1 and stub.calls["link"] == 1
+    assert (releases / "CURRENT").read_text().strip() == s1["run_id"]
+    assert sorted(p.name for p in releases.iterdir() if p.is_dir()) == [s1["run_id"]]
+    fr = flow_run(prefect_server, s2["orchestration"]["flow_run_id"])
+    assert fr["state"]["type"] == "COMPLETED"
+    assert "unchanged" in artifacts(prefect_server, fr["id"])["medlink-release"]["data"]
+    s3 = run_delivery(str(cfg), progress=False)                            # not asked: runs again
+    assert s3["run_id"] not in (None, s1["run_id"]) and stub.calls["publish"] == 2
+    with (tmp_path / "d" / f"{SOURCES[0]}.csv").open("a") as fh:             # the delivery changes
+        fh.write("R9X100000Q,Zed,Zedson,1980-01-01,1234567\n")
+    s4 = run_delivery(str(cfg), progress=False, skip_unchanged=True)
+    assert "skipped" not in s4 and stub.calls["publish"] == 3
+    # the direct path has no run fingerprints to compare: one line, exit 2
+    r = subprocess.run([sys.executable, "-m", "etl.cli", "run", "--no-prefect", "--skip-unchanged",
+                        "--config", str(cfg)], capture_output=True, text=True)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Prefect flow" in r.stderr
 
 
 def test_failing_gate_ends_failed_and_keeps_last_release(prefect_server, stub, tmp_path):
