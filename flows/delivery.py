@@ -336,9 +336,19 @@ def _context(cfg: Config, config_path: str, run_id: str | None, truth: str | Non
         if same:
             return {"unchanged_since": same, "delivery_digest": delivery_digest}
     if pipeline.incremental(cfg):
+        # a run that died between publishing and committing its state is rolled forward
+        # first: its state then differs from the one it linked onto, so it is not resumed
+        # (a resumed publish would find its release already there)
+        from etl.incremental import STATE_NAME, recover_state, state_id, state_lock
+        rolled = None
+        if cfg.restricted_dir.exists():
+            with state_lock(cfg.restricted_dir):
+                rolled = recover_state(cfg.restricted_dir)
+            if rolled:
+                _log(f"linkage state: committed the state of release {rolled['release']}, whose run "
+                     "stopped after publishing it")
         # the link depends on the committed linkage state too: a run linked onto a state
         # that another run has since replaced is not resumed (publish would refuse it)
-        from etl.incremental import STATE_NAME, state_id
         fp = {**fp, "digest": resume.digest([fp["digest"], state_id(cfg.restricted_dir / STATE_NAME)])}
     resumed_from = None
     if run_id is None:
@@ -348,7 +358,8 @@ def _context(cfg: Config, config_path: str, run_id: str | None, truth: str | Non
     rd.mkdir(parents=True, exist_ok=True)
     return {"config_path": str(cfg.path), "run_id": run_id, "run_dir": str(rd), "fingerprint": fp["digest"],
             "truth": truth, "attempt": uuid.uuid4().hex, "dask_address": dask_address,
-            "dask_workers": dask_workers, "resumed_run": bool(resumed_from), "delivery_digest": delivery_digest}
+            "dask_workers": dask_workers, "resumed_run": bool(resumed_from), "delivery_digest": delivery_digest,
+            "recovered_commit": rolled if pipeline.incremental(cfg) else None}
 
 
 @flow(name=FLOW_NAME, persist_result=False, log_prints=False, task_runner=ThreadPoolTaskRunner(max_workers=4),
@@ -378,6 +389,8 @@ def medlink_delivery(config_path: str, run_id: str | None = None, truth: str | N
     resume.write_run(rd, run_id, ctx["fingerprint"], "running", delivery_digest=ctx["delivery_digest"])
     logger.info(f"run {run_id} of delivery {cfg.delivery}: {len(cfg.sources)} sources")
     out: dict = {"run_id": run_id, "delivery": cfg.delivery}
+    if ctx.get("recovered_commit"):
+        out["recovered_commit"] = ctx["recovered_commit"]
     from prefect.runtime import flow_run as _fr
     orch = {"flow_run_id": str(_fr.id) if _fr.id else None}
     stage = "ingest"

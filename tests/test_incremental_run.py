@@ -261,6 +261,36 @@ def test_crash_between_release_and_state_commit_rolls_forward(runs, tmp_path):
     assert persons[0] == persons[1]
 
 
+def test_prefect_run_killed_after_publishing_is_not_resumed_but_rolled_forward(runs, tmp_path,
+                                                                              prefect_server):
+    """The same crash in a Prefect flow run: its run marker says "running", so without the
+    roll-forward the next flow run would resume it, find its release already published and
+    fail on every retry. The next run rolls the state forward first and runs anew."""
+    out = tmp_path / "out"
+    shutil.copytree(runs["out"], out)
+    cfg = yaml.safe_load(runs["configs"][2].read_text())
+    for sc in cfg["sources"].values():
+        sc["path"] = str((runs["gen"] / sc["path"]).resolve())
+    cfg["output"]["dir"] = str(out)
+    c = tmp_path / "delivery_2.yaml"
+    c.write_text(yaml.safe_dump(cfg))
+    env = dict(os.environ, PREFECT_API_URL=prefect_server["url"])
+    r = subprocess.run([sys.executable, "-c", CRASH_AFTER_PUBLISH, "run", "--quiet", "--config", str(c)],
+                       capture_output=True, text=True, timeout=900, env=env)
+    assert r.returncode == 137, r.stderr[-3000:]
+    crashed = (out / "releases" / "CURRENT").read_text().strip()
+    j = tmp_path / "summary.json"
+    r = subprocess.run([sys.executable, "-m", "etl.cli", "run", "--quiet", "--config", str(c), "--json", str(j)],
+                       capture_output=True, text=True, timeout=900, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = json.loads(j.read_text())
+    assert s["recovered_commit"] == {"run_id": crashed, "release": crashed}
+    assert s["run_id"] != crashed and not s["resumed"]
+    assert s["link"]["new_records"] == 0
+    assert (out / "releases" / "CURRENT").read_text().strip() == s["run_id"]
+    assert not (out / "restricted" / ".linkage_state.pending.json").exists()
+
+
 def test_failed_run_after_link_leaves_state_untouched(runs, tmp_path):
     """The third delivery with rules no release can meet: it links (a candidate state in
     the run directory), then the release gate fails. The committed state is byte for byte
