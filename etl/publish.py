@@ -37,6 +37,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -392,6 +393,13 @@ def publish(staging: Path, cfg, run_id: str, summaries: dict, *,
     """Finish the staging directory and publish it as releases/<run_id>."""
     staging = Path(staging)
     releases = _releases_dir(staging, cfg)
+    if (releases / run_id / MANIFEST).is_file() and _same_release(staging, releases / run_id):
+        # this run published before it died, before its orchestrator recorded so: finish, never
+        # redo; a staging directory the resumed run rebuilt with the same data is dropped
+        out = _finish_published(releases, run_id, lock_timeout)
+        if staging.is_dir():
+            shutil.rmtree(staging)
+        return out
     if not staging.is_dir():
         raise MedlinkError(f"no staging directory {staging} to publish (did protect run?)")
     if staging.parent.resolve() != releases.resolve():
@@ -425,13 +433,7 @@ def publish(staging: Path, cfg, run_id: str, summaries: dict, *,
         os.rename(staging, final)
         try:
             fsync_dir(releases)
-            cur_tmp = releases / f".CURRENT.tmp-{run_id}"
-            with open(cur_tmp, "w") as fh:
-                fh.write(run_id + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(cur_tmp, releases / CURRENT)
-            fsync_dir(releases)
+            _point_current(releases, run_id)
         except BaseException:
             # CURRENT was not switched: take the release back out of sight
             try:
@@ -447,6 +449,48 @@ def publish(staging: Path, cfg, run_id: str, summaries: dict, *,
     rows = {k: v["rows"] for k, v in manifest["files"].items() if "rows" in v}
     return {"release_dir": str(final), "release_id": run_id,
             "files": len(manifest["files"]) + 1, "rows": rows}
+
+
+def _point_current(releases: Path, run_id: str) -> None:
+    """CURRENT names `run_id`: written to a temporary file, fsynced, renamed over (callers hold the lock)."""
+    cur_tmp = releases / f".CURRENT.tmp-{run_id}"
+    with open(cur_tmp, "w") as fh:
+        fh.write(run_id + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(cur_tmp, releases / CURRENT)
+    fsync_dir(releases)
+
+
+def _same_release(staging: Path, final: Path) -> bool:
+    """No staging directory (it became the release), or one whose Parquet tables are
+    byte for byte the published release's (a resumed run rebuilt it from the same inputs;
+    reports and Data Docs carry times, so only the tables are compared)."""
+    if not staging.is_dir():
+        return True
+    files = json.loads((final / MANIFEST).read_text()).get("files", {})
+    tables = list(staging.glob("*.parquet"))
+    return bool(tables) and all(files.get(p.name, {}).get("sha256") == sha256_file(p) for p in tables)
+
+
+def _finish_published(releases: Path, run_id: str, lock_timeout: float) -> dict:
+    """A resumed run whose release is already in place (renamed there whole, so complete):
+    point CURRENT at it unless a newer release is current (run ids sort by time), and
+    return the summary publish would have returned."""
+    final = releases / run_id
+    manifest = json.loads((final / MANIFEST).read_text())
+    if manifest.get("release_id") != run_id:
+        raise MedlinkError(f"release {final} already exists; a release is never overwritten")
+    with _lock(releases, lock_timeout):
+        try:
+            current = (releases / CURRENT).read_text().strip()
+        except OSError:
+            current = ""
+        if current < run_id:
+            _point_current(releases, run_id)
+    rows = {k: v["rows"] for k, v in manifest["files"].items() if "rows" in v}
+    return {"release_dir": str(final), "release_id": run_id, "files": len(manifest["files"]) + 1,
+            "rows": rows, "already_published": True}
 
 
 # --------------------------------------------------------------------------- verify

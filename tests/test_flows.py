@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import random
 import re
 import shutil
@@ -514,6 +515,47 @@ def test_real_pipeline_flow(prefect_server, real_delivery, tmp_path):
     terms = _pii_terms(real_delivery.parent)
     assert len(terms) > 1000
     assert _search_prefect_storage(prefect_server["home"], terms | {REAL_KEY}) == []
+
+
+# a flow run whose process dies right after its release went live, before the flow
+# recorded the publish stage as done (os._exit: as a kill -9 would leave it)
+CRASH_AFTER_PUBLISH = """
+import os, sys
+import etl.pipeline as P
+_publish = P.publish
+def publish(*a, **k):
+    _publish(*a, **k)
+    os._exit(137)
+P.publish = publish
+from etl.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_run_killed_after_publishing_resumes_to_completion(prefect_server, real_delivery, tmp_path):
+    """The next run resumes the dead one (same fingerprint, marker "running"), reuses what it
+    can, and finishes its publish instead of failing on the release it finds in place (its
+    rebuilt staging directory is dropped): one release, CURRENT names it, it verifies, and
+    the flow run completes."""
+    env = dict(os.environ, PREFECT_API_URL=prefect_server["url"])
+    r = subprocess.run([sys.executable, "-c", CRASH_AFTER_PUBLISH, "run", "--quiet", "--config",
+                        str(real_delivery)], capture_output=True, text=True, timeout=900, env=env)
+    assert r.returncode == 137, r.stderr[-3000:]
+    releases = real_delivery.parent / "out" / "releases"
+    dead = [p.name for p in releases.iterdir() if p.is_dir() and not p.name.startswith(("failed-", "."))]
+    assert len(dead) == 1
+    j = tmp_path / "summary.json"
+    r = subprocess.run([sys.executable, "-m", "etl.cli", "run", "--quiet", "--config", str(real_delivery),
+                        "--json", str(j)], capture_output=True, text=True, timeout=900, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = json.loads(j.read_text())
+    assert s["run_id"] == dead[0] and s["publish"]["already_published"]
+    assert "link" in s["resumed"]
+    assert (releases / "CURRENT").read_text().strip() == dead[0]
+    assert [p.name for p in releases.iterdir() if p.is_dir() and not p.name.startswith(".")] == dead
+    assert "manifest OK" in subprocess.run([sys.executable, "-m", "etl.cli", "verify", str(releases / dead[0])],
+                                           capture_output=True, text=True, env=env).stdout
+    assert flow_run(prefect_server, s["orchestration"]["flow_run_id"])["state"]["type"] == "COMPLETED"
 
 
 def test_dask_two_workers_same_clusters(prefect_server, real_delivery, tmp_path):

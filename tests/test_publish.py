@@ -184,6 +184,24 @@ def test_release_never_overwritten(tmp_path):
         publish(_stage(tmp_path, "r1", seed=5), cfg, "r1", summ)
 
 
+def test_publish_of_a_run_that_already_published_finishes_it(tmp_path):
+    """A resumed run whose release went live before it died (its staging directory became
+    the release): publish completes it (CURRENT) instead of failing, and a newer current
+    release is left current."""
+    cfg = _cfg(tmp_path)
+    stage = _stage(tmp_path, "r1")
+    summ = _summaries(tmp_path, stage)
+    first = publish(stage, cfg, "r1", summ)
+    (cfg.releases_dir / "CURRENT").write_text("r0\n")       # died before CURRENT was switched
+    again = publish(stage, cfg, "r1", summ)
+    assert again["already_published"] and again["rows"] == first["rows"]
+    assert current_release(cfg.releases_dir) == cfg.releases_dir / "r1"
+    (cfg.releases_dir / "r2").mkdir()
+    (cfg.releases_dir / "CURRENT").write_text("r2\n")       # a newer release went live since
+    publish(stage, cfg, "r1", summ)
+    assert current_release(cfg.releases_dir) == cfg.releases_dir / "r2"
+
+
 def test_current_release_missing(tmp_path):
     assert current_release(tmp_path) is None
     (tmp_path / "CURRENT").write_text("gone\n")
