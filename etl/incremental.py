@@ -706,15 +706,8 @@ def _increment(new_inputs: dict[str, Path], state_dir: Path, spec, out_dir: Path
                   "records_rekeyed": 0, "subset_records": 0, "records_total": int(cw.height),
                   "persons_total": int(persons if persons is not None else cw["person_key"].n_unique()),
                   "policy": policy, "seconds": round(time.perf_counter() - t0, 3)}
-        if truth is not None:
-            t = pl.read_parquet(truth).select(pl.col("source").cast(pl.String), pl.col("record_id").cast(pl.String),
-                                              pl.col("person_id").cast(pl.String))
-            result["f1_overall"] = round(pairwise_f1(cw.rename({"person_key": "person_id"}), t)["f1"], 6)
-        report = {"run_id": run_id, "policy": policy, "counts": result, "timings_seconds": timings,
-                  "merges": [], "splits": []}
-        (out_dir / "incremental_report.json").write_text(json.dumps(report, indent=1, default=str))
-        (out_dir / "incremental_report.md").write_text(report_markdown(report))
-        return result
+        return _report(out_dir, result, cw.rename({"person_key": "person_id"}), truth,
+                       {"run_id": run_id, "policy": policy, "timings_seconds": timings, "merges": [], "splits": []})
 
     # ---- the subset: delta + old records blocking with it + their people ----------------
     dkeys = _block_keys(delta_paths, spec)
@@ -909,17 +902,23 @@ def _increment(new_inputs: dict[str, Path], state_dir: Path, spec, out_dir: Path
               "records_rekeyed": int(changed_rec.height), "subset_records": int(n_subset),
               "records_total": int(clusters.height), "persons_total": persons_total,
               "policy": policy, "seconds": round(time.perf_counter() - t0, 3)}
+    if not keep_work:
+        shutil.rmtree(work, ignore_errors=True)
+    return _report(out_dir, result, clusters, truth,
+                   {"run_id": run_id, "policy": policy, "timings_seconds": timings,
+                    "link_subset_seconds": link_timings, "merges": merges, "splits": splits})
+
+
+def _report(out_dir: Path, result: dict, clusters: pl.DataFrame, truth: Path | None, report: dict) -> dict:
+    """An increment's last step: F1 against `truth` if given, and incremental_report.{json,md}
+    (counts, timings, the merge and split events) in the restricted zone. Returns `result`."""
     if truth is not None:
         t = pl.read_parquet(truth).select(pl.col("source").cast(pl.String), pl.col("record_id").cast(pl.String),
                                           pl.col("person_id").cast(pl.String))
         result["f1_overall"] = round(pairwise_f1(clusters, t)["f1"], 6)
-    report = {"run_id": run_id, "policy": policy, "counts": result, "timings_seconds": timings,
-              "link_subset_seconds": link_timings,
-              "merges": merges, "splits": splits}
+    report = {**report, "counts": result}
     (out_dir / "incremental_report.json").write_text(json.dumps(report, indent=1, default=str))
     (out_dir / "incremental_report.md").write_text(report_markdown(report))
-    if not keep_work:
-        shutil.rmtree(work, ignore_errors=True)
     return result
 
 
@@ -1071,18 +1070,14 @@ def mark_pending(restricted_dir: Path, link_summary: dict, run_id: str, release_
     process dies between the release rename and the commit, the next run finds it and
     `recover_state` commits that candidate (rolls forward), so the committed state always
     matches the newest published release."""
-    from etl.publish import fsync_dir
+    from etl.publish import write_text_durable
 
     restricted_dir = Path(restricted_dir)
     p = restricted_dir / PENDING
-    tmp = restricted_dir / f"{PENDING}.tmp-{os.getpid()}"
-    with open(tmp, "w") as fh:
-        json.dump({"run_id": run_id, "state_dir": str(link_summary["state_dir"]),
-                   "state_base": link_summary.get("state_base"), "release_dir": str(release_dir)}, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, p)
-    fsync_dir(restricted_dir)
+    write_text_durable(p, json.dumps({"run_id": run_id, "state_dir": str(link_summary["state_dir"]),
+                                      "state_base": link_summary.get("state_base"),
+                                      "release_dir": str(release_dir)}),
+                       restricted_dir / f"{PENDING}.tmp-{os.getpid()}")
     return p
 
 
@@ -1090,8 +1085,23 @@ def clear_pending(restricted_dir: Path) -> None:
     (Path(restricted_dir) / PENDING).unlink(missing_ok=True)
 
 
+def roll_forward(restricted_dir: Path, say=None) -> dict | None:
+    """`recover_state` under the state lock, telling `say` (a progress callback or logger)
+    when a dead run's commit was finished. Every run calls this before it links (and the
+    Prefect flow before it looks for a run to resume). Returns what was rolled forward."""
+    restricted_dir = Path(restricted_dir)
+    if not restricted_dir.exists():
+        return None
+    with state_lock(restricted_dir):
+        rolled = recover_state(restricted_dir)
+    if rolled and say is not None:
+        say(f"linkage state: committed the state of release {rolled['release']}, whose run stopped "
+            "after publishing it")
+    return rolled
+
+
 def recover_state(restricted_dir: Path) -> dict | None:
-    """Repair what an interrupted commit left; call holding `state_lock`.
+    """Repair what an interrupted commit left; call holding `state_lock` (`roll_forward`).
 
     1. A commit interrupted between its two renames leaves no live state and the previous
        one under `.linkage_state.old-<run>`: put it back.
@@ -1153,11 +1163,7 @@ def link_stage(cfg, run_id: str, ingest_summaries: list[dict], *, policy: str | 
     inputs = {s["source"]: Path(s["path"]) for s in ingest_summaries}
     rd = run_dir(cfg, run_id)
     out = rd / "linkage"
-    with state_lock(cfg.restricted_dir):
-        recovered = recover_state(cfg.restricted_dir)
-    if recovered and progress is not None:
-        progress(f"linkage state: committed the state of release {recovered['release']}, whose run "
-                 "stopped after publishing it")
+    recovered = roll_forward(cfg.restricted_dir, progress)
     live = cfg.restricted_dir / STATE_NAME
     cand = rd / STATE_NAME
     if cand.exists():                 # this stage ran before in this run: start again from the state

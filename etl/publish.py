@@ -393,13 +393,16 @@ def publish(staging: Path, cfg, run_id: str, summaries: dict, *,
     """Finish the staging directory and publish it as releases/<run_id>."""
     staging = Path(staging)
     releases = _releases_dir(staging, cfg)
-    if (releases / run_id / MANIFEST).is_file() and _same_release(staging, releases / run_id):
-        # this run published before it died, before its orchestrator recorded so: finish, never
-        # redo; a staging directory the resumed run rebuilt with the same data is dropped
-        out = _finish_published(releases, run_id, lock_timeout)
-        if staging.is_dir():
-            shutil.rmtree(staging)
-        return out
+    published = releases / run_id / MANIFEST
+    if published.is_file():
+        done = json.loads(published.read_text())
+        if done.get("release_id") == run_id and _same_tables(staging, done):
+            # this run published before it died, before its orchestrator recorded so: finish,
+            # never redo; a staging directory the resumed run rebuilt with the same data is dropped
+            out = _finish_published(releases, run_id, done, lock_timeout)
+            if staging.is_dir():
+                shutil.rmtree(staging)
+            return out
     if not staging.is_dir():
         raise MedlinkError(f"no staging directory {staging} to publish (did protect run?)")
     if staging.parent.resolve() != releases.resolve():
@@ -451,36 +454,38 @@ def publish(staging: Path, cfg, run_id: str, summaries: dict, *,
             "files": len(manifest["files"]) + 1, "rows": rows}
 
 
-def _point_current(releases: Path, run_id: str) -> None:
-    """CURRENT names `run_id`: written to a temporary file, fsynced, renamed over (callers hold the lock)."""
-    cur_tmp = releases / f".CURRENT.tmp-{run_id}"
-    with open(cur_tmp, "w") as fh:
-        fh.write(run_id + "\n")
+def write_text_durable(path: Path, text: str, tmp: Path) -> None:
+    """`text` into `path` all at once: written to `tmp` (same directory), fsynced, renamed
+    over `path`, the directory fsynced; a crash leaves the old file or the new one."""
+    with open(tmp, "w") as fh:
+        fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())
-    os.replace(cur_tmp, releases / CURRENT)
-    fsync_dir(releases)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
-def _same_release(staging: Path, final: Path) -> bool:
+def _point_current(releases: Path, run_id: str) -> None:
+    """CURRENT names `run_id` (callers hold the releases lock)."""
+    write_text_durable(releases / CURRENT, run_id + "\n", releases / f".CURRENT.tmp-{run_id}")
+
+
+def _same_tables(staging: Path, manifest: dict) -> bool:
     """No staging directory (it became the release), or one whose Parquet tables are
     byte for byte the published release's (a resumed run rebuilt it from the same inputs;
     reports and Data Docs carry times, so only the tables are compared)."""
     if not staging.is_dir():
         return True
-    files = json.loads((final / MANIFEST).read_text()).get("files", {})
+    files = manifest.get("files", {})
     tables = list(staging.glob("*.parquet"))
     return bool(tables) and all(files.get(p.name, {}).get("sha256") == sha256_file(p) for p in tables)
 
 
-def _finish_published(releases: Path, run_id: str, lock_timeout: float) -> dict:
+def _finish_published(releases: Path, run_id: str, manifest: dict, lock_timeout: float) -> dict:
     """A resumed run whose release is already in place (renamed there whole, so complete):
     point CURRENT at it unless a newer release is current (run ids sort by time), and
     return the summary publish would have returned."""
     final = releases / run_id
-    manifest = json.loads((final / MANIFEST).read_text())
-    if manifest.get("release_id") != run_id:
-        raise MedlinkError(f"release {final} already exists; a release is never overwritten")
     with _lock(releases, lock_timeout):
         try:
             current = (releases / CURRENT).read_text().strip()

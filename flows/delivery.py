@@ -335,18 +335,13 @@ def _context(cfg: Config, config_path: str, run_id: str | None, truth: str | Non
         same = resume.published_unchanged(cfg.releases_dir, runs_dir, delivery_digest)
         if same:
             return {"unchanged_since": same, "delivery_digest": delivery_digest}
+    rolled = None
     if pipeline.incremental(cfg):
         # a run that died between publishing and committing its state is rolled forward
         # first: its state then differs from the one it linked onto, so it is not resumed
         # (a resumed publish would find its release already there)
-        from etl.incremental import STATE_NAME, recover_state, state_id, state_lock
-        rolled = None
-        if cfg.restricted_dir.exists():
-            with state_lock(cfg.restricted_dir):
-                rolled = recover_state(cfg.restricted_dir)
-            if rolled:
-                _log(f"linkage state: committed the state of release {rolled['release']}, whose run "
-                     "stopped after publishing it")
+        from etl.incremental import STATE_NAME, roll_forward, state_id
+        rolled = roll_forward(cfg.restricted_dir, _log)
         # the link depends on the committed linkage state too: a run linked onto a state
         # that another run has since replaced is not resumed (publish would refuse it)
         fp = {**fp, "digest": resume.digest([fp["digest"], state_id(cfg.restricted_dir / STATE_NAME)])}
@@ -359,7 +354,7 @@ def _context(cfg: Config, config_path: str, run_id: str | None, truth: str | Non
     return {"config_path": str(cfg.path), "run_id": run_id, "run_dir": str(rd), "fingerprint": fp["digest"],
             "truth": truth, "attempt": uuid.uuid4().hex, "dask_address": dask_address,
             "dask_workers": dask_workers, "resumed_run": bool(resumed_from), "delivery_digest": delivery_digest,
-            "recovered_commit": rolled if pipeline.incremental(cfg) else None}
+            "recovered_commit": rolled}
 
 
 @flow(name=FLOW_NAME, persist_result=False, log_prints=False, task_runner=ThreadPoolTaskRunner(max_workers=4),
@@ -370,6 +365,8 @@ def medlink_delivery(config_path: str, run_id: str | None = None, truth: str | N
     cfg = load_config(config_path)
     ctx = _context(cfg, config_path, run_id, truth, dask_address, dask_workers, skip_unchanged)
     logger = get_run_logger()
+    from prefect.runtime import flow_run as _fr
+    orch = {"flow_run_id": str(_fr.id) if _fr.id else None}
     if ctx.get("unchanged_since"):
         rid = ctx["unchanged_since"]
         logger.info(f"delivery {cfg.delivery} unchanged since release {rid} (same inputs, config, rules, "
@@ -378,10 +375,8 @@ def medlink_delivery(config_path: str, run_id: str | None = None, truth: str | N
                                  markdown=f"# medlink delivery `{cfg.delivery}`\n\n- status: **unchanged**: "
                                           f"the current release `{rid}` was built from this delivery as it "
                                           "is now; nothing was run or published")
-        from prefect.runtime import flow_run as _fr
         return {"run_id": None, "delivery": cfg.delivery, "skipped": "unchanged", "release_id": rid,
-                "release_dir": str(cfg.releases_dir / rid),
-                "orchestration": {"flow_run_id": str(_fr.id) if _fr.id else None}}
+                "release_dir": str(cfg.releases_dir / rid), "orchestration": orch}
     if attempt:
         ctx["attempt"] = attempt
     run_id = ctx["run_id"]
@@ -391,8 +386,6 @@ def medlink_delivery(config_path: str, run_id: str | None = None, truth: str | N
     out: dict = {"run_id": run_id, "delivery": cfg.delivery}
     if ctx.get("recovered_commit"):
         out["recovered_commit"] = ctx["recovered_commit"]
-    from prefect.runtime import flow_run as _fr
-    orch = {"flow_run_id": str(_fr.id) if _fr.id else None}
     stage = "ingest"
     try:
         sources = list(cfg.sources)

@@ -221,11 +221,10 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_crash_between_release_and_state_commit_rolls_forward(runs, tmp_path):
-    """The third delivery, killed after its release went live and before its state commit: the
-    release is published (CURRENT names it) on a state that was not committed, and a marker in
-    the restricted zone names the candidate it was built from. The next run commits that
-    candidate first, then links onto it: the crashed delivery's records are already known."""
+def _third_delivery_on_a_copy(runs, tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of the shared output directory (after the first two deliveries) and a config
+    for the third delivery writing into it, so a test can break things without touching
+    the module's history."""
     out = tmp_path / "out"
     shutil.copytree(runs["out"], out)
     cfg = yaml.safe_load(runs["configs"][2].read_text())
@@ -234,6 +233,15 @@ def test_crash_between_release_and_state_commit_rolls_forward(runs, tmp_path):
     cfg["output"]["dir"] = str(out)
     c = tmp_path / "delivery_2.yaml"
     c.write_text(yaml.safe_dump(cfg))
+    return out, c
+
+
+def test_crash_between_release_and_state_commit_rolls_forward(runs, tmp_path):
+    """The third delivery, killed after its release went live and before its state commit: the
+    release is published (CURRENT names it) on a state that was not committed, and a marker in
+    the restricted zone names the candidate it was built from. The next run commits that
+    candidate first, then links onto it: the crashed delivery's records are already known."""
+    out, c = _third_delivery_on_a_copy(runs, tmp_path)
     state, marker = out / "restricted" / "linkage_state", out / "restricted" / ".linkage_state.pending.json"
     before = _tree_hashes(state)
     current = (out / "releases" / "CURRENT").read_text()
@@ -266,14 +274,7 @@ def test_prefect_run_killed_after_publishing_is_not_resumed_but_rolled_forward(r
     """The same crash in a Prefect flow run: its run marker says "running", so without the
     roll-forward the next flow run would resume it, find its release already published and
     fail on every retry. The next run rolls the state forward first and runs anew."""
-    out = tmp_path / "out"
-    shutil.copytree(runs["out"], out)
-    cfg = yaml.safe_load(runs["configs"][2].read_text())
-    for sc in cfg["sources"].values():
-        sc["path"] = str((runs["gen"] / sc["path"]).resolve())
-    cfg["output"]["dir"] = str(out)
-    c = tmp_path / "delivery_2.yaml"
-    c.write_text(yaml.safe_dump(cfg))
+    out, c = _third_delivery_on_a_copy(runs, tmp_path)
     env = dict(os.environ, PREFECT_API_URL=prefect_server["url"])
     r = subprocess.run([sys.executable, "-c", CRASH_AFTER_PUBLISH, "run", "--quiet", "--config", str(c)],
                        capture_output=True, text=True, timeout=900, env=env)

@@ -72,10 +72,10 @@ def analyse(out: Path, data: Path, sa: str = "a", sb: str = "b") -> dict:
         scored=pl.struct("a", "b").is_in(scored.select(pl.struct("a", "b")).to_series().implode()),
         a_linked=pl.col("a").is_in(la), b_linked=pl.col("b").is_in(lb))
     fields = ["forenames", "surname", "other_names", "date_of_birth", "postcode"]
-    recs = {s: pl.read_parquet(data / f"{s}.parquet", columns=["record_id", *fields]) for s in (sa, sb)}
+    recs = {s: pl.read_parquet(data / f"{s}.parquet", columns=["record_id", *fields, "sex"]) for s in (sa, sb)}
     unscored = (fn_cls.filter(~pl.col("scored"))
-                .join(recs[sa].rename({"record_id": "a"}), on="a")
-                .join(recs[sb].rename({"record_id": "b"}), on="b", suffix="_b"))
+                .join(recs[sa].drop("sex").rename({"record_id": "a"}), on="a")
+                .join(recs[sb].drop("sex").rename({"record_id": "b"}), on="b", suffix="_b"))
     agree = pl.sum_horizontal([(pl.col(f) == pl.col(f"{f}_b")).fill_null(False).cast(pl.Int32) for f in fields])
     unscored_2 = unscored.filter(agree >= 2).height
     fn_counts = {
@@ -99,8 +99,7 @@ def analyse(out: Path, data: Path, sa: str = "a", sb: str = "b") -> dict:
     free = free.with_columns(
         uniq=(pl.len().over("a") == 1) & (pl.len().over("b") == 1),
         wbin=(pl.col("match_weight") * 2).round(0))
-    b_rec = pl.read_parquet(data / f"{sb}.parquet", columns=["record_id", "forenames", "sex"])
-    free = free.join(b_rec.rename({"record_id": "b"}), on="b", how="left")
+    free = free.join(recs[sb].select(pl.col("record_id").alias("b"), "forenames", "sex"), on="b", how="left")
     cur_fp = free.filter(pl.col("linked") & ~pl.col("same")).height
     cur_fn = free.filter(~pl.col("linked") & pl.col("same")).height
 
