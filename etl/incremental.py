@@ -46,12 +46,13 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from etl.config import MERGE_POLICIES
 from etl.errors import ConfigError, MedlinkError
 
 STATE_VERSION = 1
 KEY_PREFIX = "K"
 KEY_WIDTH = 9
-POLICIES = ("apply", "hold")
+POLICIES = MERGE_POLICIES                # apply | hold (etl.config validates the config's value)
 _PQ = dict(compression="lz4", statistics=False)   # state files: read back whole by every increment
 
 
@@ -125,12 +126,8 @@ def _block_keys(inputs: dict[str, Path], spec) -> pl.DataFrame:
 
 def _engine_cols(spec) -> list[str]:
     """The columns the engine reads from a standardised input (Records.load: the spec's
-    needed columns and the subgroup columns), record_id first."""
-    extra = set()
-    for sg in spec.subgroups.values():
-        extra.update(sg.get("columns", [sg.get("column")]) if isinstance(sg, dict) else [sg])
-    extra.discard(None)
-    return ["record_id", *sorted((spec.needed_columns() | extra) - {"record_id", "source"})]
+    needed columns and the subgroup columns, as engine._prepare reads them), record_id first."""
+    return ["record_id", *sorted((spec.needed_columns() | spec.subgroup_columns()) - {"record_id", "source"})]
 
 
 def _name_tf_comp(spec):

@@ -172,8 +172,7 @@ def protect(cfg: Config, run_id: str, assemble_summary: dict, ingest_summaries: 
                    key_file=cfg.governance.get("key_file"), demo=bool(cfg.governance.get("demo")))
     stage = staging_dir(cfg, run_id)
     stage.mkdir(parents=True, exist_ok=True)
-    vocab = input_vocab([Path(p) for p in (assemble_summary.get("records_paths")
-                                           or {s["source"]: s["path"] for s in ingest_summaries}).values()])
+    vocab = input_vocab(list(linked_records(ingest_summaries, assemble_summary).values()))
     summary = _protect(Path(assemble_summary["doctors_path"]), Path(assemble_summary["events_path"]),
                        rules, key, stage, cfg.restricted_dir, release_id=run_id,
                        previous_release_dir=current_release(cfg.releases_dir), input_vocab=vocab,
@@ -241,12 +240,13 @@ def publish(cfg: Config, run_id: str, summaries: dict) -> dict:
     from etl.incremental import check_state_base, clear_pending, commit_state, mark_pending, state_lock
     accounting = delivery_accounting(cfg, run_id, summaries)
     staging = staging_dir(cfg, run_id)
+    basis = release_basis(summaries)      # hashes the history: before the lock other runs wait on
     with state_lock(cfg.restricted_dir):
         check_state_base(cfg.restricted_dir, link_summary)
         # a crash between the release rename and the commit is rolled forward by the next run
         mark_pending(cfg.restricted_dir, link_summary, run_id, staging.parent / run_id)
         try:
-            out = _publish(staging, cfg, run_id, release_basis(summaries))
+            out = _publish(staging, cfg, run_id, basis)
         except BaseException:
             if not (staging.parent / run_id).exists():     # not published: nothing to roll forward
                 clear_pending(cfg.restricted_dir)

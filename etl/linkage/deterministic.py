@@ -29,7 +29,7 @@ class DetPairs:
     ident: np.ndarray       # index into spec.identifiers
     task: np.ndarray        # index into tasks
     stats: list[dict]
-    id_codes: list = None   # per identifier: uint64 code per record (0 = none); exact pairs share one
+    id_codes: list          # per identifier: uint64 code per record (0 = none); exact pairs share one
 
 
 def _id_values(rec: Records, ident: Identifier) -> pl.Series:

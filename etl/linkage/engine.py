@@ -76,11 +76,7 @@ def _prepare(inputs: dict[str, Path], spec: LinkSpec) -> tuple[Records, list, li
     if unknown:
         raise ConfigError(f"linkage model {spec.name!r} does not declare source(s) {sorted(unknown)}; "
                           f"it declares {sorted(spec.sources)}", key="linkage.model")
-    extra = set()
-    for sg in spec.subgroups.values():
-        extra.update(sg.get("columns", [sg.get("column")]) if isinstance(sg, dict) else [sg])
-    extra.discard(None)
-    rec = Records.load(inputs, list(spec.sources), spec.needed_columns(), extra)
+    rec = Records.load(inputs, list(spec.sources), spec.needed_columns(), spec.subgroup_columns())
     tasks = [t for t in spec.tasks
              if rec.counts.get(t[0], 0) > 0 and rec.counts.get(t[1], 0) > (1 if t[0] == t[1] else 0)]
     evals = [Evaluator(c, rec, spec.workers) for c in spec.comparisons]
@@ -649,14 +645,11 @@ def _candidates(rec: Records, spec: LinkSpec, tasks, evals, det, rule_keys, labe
         if det is not None:
             dsel = det.task == ti
             code = det.li[dsel].astype(np.int64) * n + det.ri[dsel]
-            if det.id_codes is not None:
-                # exact identifier pairs share a code: looked up only for candidates that do
-                exact = det.method[dsel] == 1
-                found_eq = np.sort(code[exact])
-                found.append(code[~exact])
-                eq_codes = det.id_codes
-            else:
-                found.append(code)
+            # exact identifier pairs share a code: looked up only for candidates that do
+            exact = det.method[dsel] == 1
+            found_eq = np.sort(code[exact])
+            found.append(code[~exact])
+            eq_codes = det.id_codes
             add(det.li[dsel], det.ri[dsel], ti, 0, det.method[dsel])
         if labels is not None:
             lab = labels.filter(pl.col("task") == spec.task_key(t))

@@ -166,6 +166,14 @@ class LinkSpec:
             cols.add(i.field)
         return cols
 
+    def subgroup_columns(self) -> set[str]:
+        """The columns the quality report breaks link rates down by (read with the records)."""
+        extra: set[str] = set()
+        for sg in self.subgroups.values():
+            extra.update(sg.get("columns", [sg.get("column")]) if isinstance(sg, dict) else [sg])
+        extra.discard(None)
+        return extra
+
 
 def _err(msg: str, file: Path | str | None, key: str | None = None) -> ConfigError:
     return ConfigError(msg, file=str(file) if file else None, key=key)

@@ -111,14 +111,18 @@ def _text_nhs(s: str) -> bool:
     return any(nhs_number_valid(re.sub(r"[ -]", "", m)) for m in NHS_CANDIDATE_RE.findall(s))
 
 
-def _on_distinct(column: pd.Series, fn) -> np.ndarray:
-    """Apply `fn` (Series[str] -> bool array) to the distinct values, map back to rows."""
+def _factorised(column: pd.Series) -> tuple[np.ndarray, Any]:
+    """(codes, distinct values) of a column; -1 codes are nulls. A Categorical's codes are
+    already a factorisation (categories may include unused values, whose flags no row reads)."""
     if isinstance(column.dtype, pd.CategoricalDtype):
-        # the codes are already a factorisation (categories may include unused values,
-        # whose flags no row reads)
-        codes, uniques = column.cat.codes.to_numpy(), column.cat.categories
-    else:
-        codes, uniques = pd.factorize(column, use_na_sentinel=True)
+        return column.cat.codes.to_numpy(), column.cat.categories
+    return pd.factorize(column, use_na_sentinel=True)
+
+
+def _on_distinct(column: pd.Series, fn, factorised: tuple | None = None) -> np.ndarray:
+    """Apply `fn` (Series[str] -> bool array) to the distinct values, map back to rows
+    (null rows: False)."""
+    codes, uniques = factorised if factorised is not None else _factorised(column)
     text = pd.Series(uniques, dtype=object).map(str)
     flags = np.asarray(fn(text), dtype=bool)
     if len(codes) and codes.min() >= 0:      # GX has removed the nulls: every row has a code
@@ -192,16 +196,12 @@ def _match_regex_on_distinct(column: pd.Series, regex: str) -> pd.Series:
     column's distinct values and mapped back to every row: identical flags, counts and
     percentages. Only for columns that hold Python strings (a polars String column, as
     object or Categorical); anything else takes GX's own expression."""
-    if isinstance(column.dtype, pd.CategoricalDtype):
-        cats = column.cat.categories
-        if len(cats) and pd.api.types.infer_dtype(cats, skipna=False) == "string":
-            flags = pd.Series(cats, dtype=object).astype(str).str.contains(regex).to_numpy(dtype=bool)
-            return pd.Series(flags[column.cat.codes.to_numpy()], index=column.index)
-    elif column.dtype == object and len(column):
-        codes, uniques = pd.factorize(column, use_na_sentinel=True)
-        if (codes >= 0).all() and pd.api.types.infer_dtype(uniques, skipna=False) == "string":
-            flags = pd.Series(uniques, dtype=object).astype(str).str.contains(regex).to_numpy(dtype=bool)
-            return pd.Series(flags[codes], index=column.index)
+    if len(column) and (isinstance(column.dtype, pd.CategoricalDtype) or column.dtype == object):
+        codes, uniques = _factorised(column)
+        # nulls: GX's astype(str) matches the regex against "None"/"nan", so those take its path
+        if len(uniques) and (codes >= 0).all() and pd.api.types.infer_dtype(uniques, skipna=False) == "string":
+            flags = _on_distinct(column, lambda t: t.str.contains(regex), (codes, uniques))
+            return pd.Series(flags, index=column.index)
     return column.astype(str).str.contains(regex)
 
 

@@ -39,15 +39,14 @@ def _ingest_keys(ingest: list[Path] | dict[str, Path] | list[pl.DataFrame]) -> p
 
 
 def linked_frame(ingest: list[Path] | dict[str, Path] | list[pl.DataFrame],
-                 clusters: Path | pl.DataFrame, *, codes: bool = True) -> pl.DataFrame:
-    """Full join of the ingested record keys with clusters (source, record_id, person_id);
-    with `codes`, record_id and person_id as equality-preserving integer codes."""
+                 clusters: Path | pl.DataFrame) -> pl.DataFrame:
+    """Full join of the ingested record keys with clusters (source, record_id, person_id),
+    record_id and person_id as equality-preserving integer codes (no identifier reaches GX)."""
     keys = _ingest_keys(ingest).with_columns(pl.lit(True).alias("in_ingest"))
     cl = clusters if isinstance(clusters, pl.DataFrame) else pl.read_parquet(
         clusters, columns=["source", "record_id", "person_id"])
     cl = cl.select(pl.col("source").cast(pl.String), pl.col("record_id").cast(pl.String),
                    pl.col("person_id"))
     out = keys.join(cl, on=KEYS, how="full", coalesce=True, nulls_equal=False)
-    ids = [pl.col(c).cast(pl.String).cast(pl.Categorical).to_physical().alias(c) if codes else pl.col(c)
-           for c in ("record_id", "person_id")]
+    ids = [pl.col(c).cast(pl.String).cast(pl.Categorical).to_physical().alias(c) for c in ("record_id", "person_id")]
     return out.select("source", *ids, pl.col("in_ingest").fill_null(False))
